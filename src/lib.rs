@@ -1,0 +1,19 @@
+//! cvs-core: the Rust core of AMD's Cluster Validation Suite transport and container layer.
+//!
+//! Layers, each depending only on those below it:
+//! - [`config`]: pure model and resolution of cluster/testsuite configuration;
+//! - [`lifecycle`]: pure container-lifetime decisions from probe observations;
+//! - [`render`]: pure rendering of decisions and specs to argv and shell text (quoting lives here);
+//! - [`ssh`]: the only I/O;
+//! - `python` (feature `python`): the only pyo3 code.
+
+pub mod config;
+pub mod error;
+pub mod lifecycle;
+pub mod render;
+pub mod ssh;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use error::{Error, Issue, Result};

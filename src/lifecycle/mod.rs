@@ -1,0 +1,1 @@
+//! Pure container-lifetime decisions: probe observations in, a decision out.

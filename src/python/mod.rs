@@ -1,0 +1,1 @@
+//! pyo3 bindings (the only pyo3 code).

@@ -1,0 +1,1 @@
+//! Pure rendering of specs and decisions to argv and shell text.

@@ -1,0 +1,13 @@
+//! Control-host file access for the layers above (they stay pure and receive text).
+
+use crate::error::{Error, Issue, Result};
+
+/// Read a configuration file, naming it in the error.
+pub fn read_config_file(path: &str) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| {
+        Error::config(Issue::verbatim(
+            "",
+            format!("cannot read configuration file {path:?}: {e}"),
+        ))
+    })
+}
