@@ -831,8 +831,10 @@ mod tests {
 
     #[test]
     fn derived_name_must_be_valid() {
-        let mut env = FakeEnv::default();
-        env.control_user = "j@corp".into();
+        let env = FakeEnv {
+            control_user: "j@corp".into(),
+            ..FakeEnv::default()
+        };
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         build_spec(

@@ -278,32 +278,25 @@ pub fn load_config(
 
     let container_value = doc.get("container").cloned();
     let container = match container_value.as_ref() {
-        Some(v) if is_truthy(v) => {
-            let Value::Object(block) = v else {
-                errors.push(Issue::at(
-                    "container",
-                    format!("expected an object, got {}", pyrepr::value_repr(v)),
-                ));
-                return Err(Error::Config(errors));
-            };
-            // CVS's two resolvers fail fast, in this order, before anything else is looked at.
-            let lifetime = resolve_lifetime(block)?;
-            let setup_script = resolve_setup_script(block, default_setup_script, env)?;
-            let mut filled = block.clone();
-            filled.insert("lifetime".into(), Value::String(lifetime.as_str().into()));
-            filled.insert("setup_script".into(), Value::String(setup_script.clone()));
-            doc.insert("container".into(), Value::Object(filled));
-            container::build_spec(
-                block,
-                lifetime,
-                setup_script,
-                env,
-                orchestrator == "container",
-                &mut errors,
-                &mut warnings,
-            )
+        Some(v @ Value::Object(block)) if !block.is_empty() => {
+            let require_image = orchestrator == "container";
+            match container_spec_from_block(v, env, default_setup_script, require_image) {
+                Ok((spec, found)) => {
+                    let mut filled = block.clone();
+                    filled.insert("lifetime".into(), spec.lifetime.as_str().into());
+                    filled.insert("setup_script".into(), spec.setup_script.clone().into());
+                    doc.insert("container".into(), Value::Object(filled));
+                    warnings.extend(found);
+                    Some(spec)
+                }
+                Err(Error::Config(issues)) => {
+                    errors.extend(issues);
+                    None
+                }
+                Err(other) => return Err(other),
+            }
         }
-        Some(v) if !v.is_null() && !v.is_object() => {
+        Some(v) if is_truthy(v) => {
             errors.push(Issue::at(
                 "container",
                 format!("expected an object, got {}", pyrepr::value_repr(v)),
@@ -340,6 +333,41 @@ pub fn load_config(
         warnings,
         resolved: doc,
     })
+}
+
+/// Resolve and validate one `container` block on its own (the dict CVS's orchestrator holds as
+/// `container_config`): lifetime, setup_script, types, merged run arguments. Returns the spec
+/// and the non-fatal warnings.
+pub fn container_spec_from_block(
+    block: &Value,
+    env: &dyn Env,
+    default_setup_script: &str,
+    require_image: bool,
+) -> Result<(ContainerSpec, Vec<Issue>)> {
+    let block = strip_comment_keys(block);
+    let Value::Object(map) = &block else {
+        return Err(Error::config(Issue::at(
+            "container",
+            format!("expected an object, got {}", pyrepr::value_repr(&block)),
+        )));
+    };
+    let lifetime = resolve_lifetime(map)?;
+    let setup_script = resolve_setup_script(map, default_setup_script, env)?;
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let spec = container::build_spec(
+        map,
+        lifetime,
+        setup_script,
+        env,
+        require_image,
+        &mut errors,
+        &mut warnings,
+    );
+    match spec {
+        Some(spec) if errors.is_empty() => Ok((spec, warnings)),
+        _ => Err(Error::Config(errors)),
+    }
 }
 
 #[cfg(test)]

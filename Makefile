@@ -1,0 +1,52 @@
+# cvs-core developer entry points. `make help` lists them.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
+
+.PHONY: help dev test test-rust test-python lint fmt demo wheel clean
+
+help: ## Show the targets and what they do
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q 'maturin>=1.9,<2' 'pytest>=8' 'ruff>=0.6'
+
+dev: $(PY) ## Create .venv and build cvs_core into it (editable: Python edits apply at once)
+	$(VENV)/bin/maturin develop -q
+
+test: test-rust test-python ## Run every test: Rust core (no Python) and pytest
+
+test-rust: ## Rust unit and property tests of the pure core, built without Python
+	cargo test --no-default-features
+
+test-python: dev ## pytest suite against the built extension
+	$(PY) -m pytest
+
+lint: $(PY) ## cargo fmt --check, clippy -D warnings (with and without Python), ruff
+	cargo fmt --all -- --check
+	cargo clippy --no-default-features --all-targets -- -D warnings
+	cargo clippy --lib -- -D warnings
+	$(VENV)/bin/ruff check python tests
+	$(VENV)/bin/ruff format --check python tests
+
+fmt: $(PY) ## Format Rust and Python sources
+	cargo fmt --all
+	$(VENV)/bin/ruff format python tests
+
+demo: dev ## Main job on the embedded default: resolve and validate the sample cluster file
+	$(VENV)/bin/cvs-core validate examples/cluster_container.json
+
+wheel: $(PY) ## Build a release abi3 wheel into dist/
+	$(VENV)/bin/maturin build --release -o dist
+
+clean: ## Remove build outputs and the virtualenv
+	cargo clean
+	rm -rf $(VENV) dist .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from cvs_core.cli import main
+
+raise SystemExit(main())

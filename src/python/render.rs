@@ -1,0 +1,168 @@
+//! Command renderers: each returns the final command string a host shell receives.
+
+use pyo3::prelude::*;
+
+use super::config::PyContainerSpec;
+use super::errors::{IntoPyResult, guard};
+use crate::render::{self, RunOptions};
+
+/// CVS's in-container sshd port.
+pub const DEFAULT_SSHD_PORT: u16 = 2224;
+/// CVS's `CONTAINER_START_TIMEOUT_S`: a cold pull of a multi-GB image must fit in `docker run`.
+pub const CONTAINER_START_TIMEOUT_S: u32 = 900;
+
+fn run_options(
+    prefix: String,
+    infiniband_expansion: bool,
+    labels: Option<Vec<(String, String)>>,
+) -> RunOptions {
+    RunOptions {
+        prefix,
+        infiniband_expansion,
+        labels: labels.unwrap_or_default(),
+    }
+}
+
+/// The `docker run -d ... <image> sleep infinity` for a spec.
+#[pyfunction]
+#[pyo3(signature = (spec, *, prefix = "sudo".to_owned(), infiniband_expansion = false, labels = None))]
+pub fn docker_run_command(
+    py: Python<'_>,
+    spec: PyRef<'_, PyContainerSpec>,
+    prefix: String,
+    infiniband_expansion: bool,
+    labels: Option<Vec<(String, String)>>,
+) -> PyResult<String> {
+    guard(py, || {
+        let opts = run_options(prefix, infiniband_expansion, labels);
+        render::docker_run_command(&spec.inner, &opts).py_err(py)
+    })
+}
+
+/// The argv of `docker_run_command` (privilege words first, no shell fragments).
+#[pyfunction]
+#[pyo3(signature = (spec, *, prefix = "sudo".to_owned(), labels = None))]
+pub fn docker_run_argv(
+    py: Python<'_>,
+    spec: PyRef<'_, PyContainerSpec>,
+    prefix: String,
+    labels: Option<Vec<(String, String)>>,
+) -> PyResult<Vec<String>> {
+    guard(py, || {
+        let opts = run_options(prefix, false, labels);
+        render::docker_run_argv(&spec.inner, &opts).py_err(py)
+    })
+}
+
+/// `docker exec [-i] <name> bash -c <cmd>`: the command runs in the container's shell.
+#[pyfunction]
+#[pyo3(signature = (name, cmd, *, prefix = "sudo", interactive = false))]
+pub fn docker_exec_command(
+    py: Python<'_>,
+    name: &str,
+    cmd: &str,
+    prefix: &str,
+    interactive: bool,
+) -> PyResult<String> {
+    guard(py, || {
+        render::docker_exec_command(prefix, name, cmd, interactive).py_err(py)
+    })
+}
+
+#[pyfunction]
+#[pyo3(signature = (name, *, prefix = "sudo"))]
+pub fn is_running_command(py: Python<'_>, name: &str, prefix: &str) -> PyResult<String> {
+    guard(py, || render::is_running_command(prefix, name).py_err(py))
+}
+
+#[pyfunction]
+#[pyo3(signature = (name, image, *, prefix = "sudo"))]
+pub fn image_sha_status_command(
+    py: Python<'_>,
+    name: &str,
+    image: &str,
+    prefix: &str,
+) -> PyResult<String> {
+    guard(py, || {
+        render::image_sha_status_command(prefix, name, image).py_err(py)
+    })
+}
+
+#[pyfunction]
+#[pyo3(signature = (name, *, prefix = "sudo", quiet = false))]
+pub fn remove_command(py: Python<'_>, name: &str, prefix: &str, quiet: bool) -> PyResult<String> {
+    guard(py, || {
+        render::remove_command(prefix, name, quiet).py_err(py)
+    })
+}
+
+#[pyfunction]
+#[pyo3(signature = (image, *, prefix = "sudo"))]
+pub fn image_exists_command(py: Python<'_>, image: &str, prefix: &str) -> PyResult<String> {
+    guard(py, || {
+        render::image_exists_command(prefix, image).py_err(py)
+    })
+}
+
+#[pyfunction]
+#[pyo3(signature = (tar_path, *, prefix = "sudo"))]
+pub fn load_image_command(py: Python<'_>, tar_path: &str, prefix: &str) -> PyResult<String> {
+    guard(py, || {
+        render::load_image_command(prefix, tar_path).py_err(py)
+    })
+}
+
+#[pyfunction]
+#[pyo3(signature = (port = DEFAULT_SSHD_PORT))]
+pub fn sshd_precheck_command(port: u16) -> String {
+    render::sshd_precheck_command(port)
+}
+
+#[pyfunction]
+#[pyo3(signature = (port = DEFAULT_SSHD_PORT))]
+pub fn sshd_setup_commands(port: u16) -> Vec<String> {
+    render::sshd_setup_commands(port)
+}
+
+/// CPython `shlex.quote`, byte for byte.
+#[pyfunction]
+pub fn quote(py: Python<'_>, s: &str) -> PyResult<String> {
+    guard(py, || render::quote(s).py_err(py))
+}
+
+/// `set -o pipefail; echo <base64> | base64 -d | bash` for a script of at most 16384 bytes.
+#[pyfunction]
+#[pyo3(signature = (script, *, label = "setup script"))]
+pub fn provision_command(py: Python<'_>, script: &[u8], label: &str) -> PyResult<String> {
+    guard(py, || render::provision_command(script, label).py_err(py))
+}
+
+/// `docker exec -i <name> bash -c <runner>`: send the script on stdin, any size.
+#[pyfunction]
+#[pyo3(signature = (name, *, prefix = "sudo"))]
+pub fn provision_stdin_command(py: Python<'_>, name: &str, prefix: &str) -> PyResult<String> {
+    guard(py, || {
+        render::provision_stdin_command(prefix, name).py_err(py)
+    })
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(docker_run_command, m)?)?;
+    m.add_function(wrap_pyfunction!(docker_run_argv, m)?)?;
+    m.add_function(wrap_pyfunction!(docker_exec_command, m)?)?;
+    m.add_function(wrap_pyfunction!(is_running_command, m)?)?;
+    m.add_function(wrap_pyfunction!(image_sha_status_command, m)?)?;
+    m.add_function(wrap_pyfunction!(remove_command, m)?)?;
+    m.add_function(wrap_pyfunction!(image_exists_command, m)?)?;
+    m.add_function(wrap_pyfunction!(load_image_command, m)?)?;
+    m.add_function(wrap_pyfunction!(sshd_precheck_command, m)?)?;
+    m.add_function(wrap_pyfunction!(sshd_setup_commands, m)?)?;
+    m.add_function(wrap_pyfunction!(quote, m)?)?;
+    m.add_function(wrap_pyfunction!(provision_command, m)?)?;
+    m.add_function(wrap_pyfunction!(provision_stdin_command, m)?)?;
+    m.add("INFINIBAND_EXPANSION", render::INFINIBAND_EXPANSION)?;
+    m.add("STDIN_RUNNER", render::STDIN_RUNNER)?;
+    m.add("DEFAULT_SSHD_PORT", DEFAULT_SSHD_PORT)?;
+    m.add("CONTAINER_START_TIMEOUT_S", CONTAINER_START_TIMEOUT_S)?;
+    Ok(())
+}
