@@ -183,6 +183,21 @@ pub struct PyClusterConfig {
     container: Option<Py<PyContainerSpec>>,
 }
 
+impl PyClusterConfig {
+    pub fn username_str(&self) -> &str {
+        &self.inner.username
+    }
+    pub fn key_str(&self) -> &str {
+        &self.inner.priv_key_file
+    }
+    pub fn password_str(&self) -> Option<&str> {
+        self.inner.password.as_deref()
+    }
+    pub fn host_list(&self) -> Vec<String> {
+        self.inner.hosts.clone()
+    }
+}
+
 #[pymethods]
 impl PyClusterConfig {
     #[getter]

@@ -19,6 +19,7 @@ pub struct Classes {
     pub unresolved_placeholder_error: Py<PyType>,
     pub script_too_large_error: Py<PyType>,
     pub internal_error: Py<PyType>,
+    pub transfer_error: Py<PyType>,
 }
 
 static CLASSES: PyOnceLock<Classes> = PyOnceLock::new();
@@ -75,12 +76,20 @@ pub fn classes(py: Python<'_>) -> PyResult<&Classes> {
             "A bug in cvs_core (a Rust panic caught at the boundary). Please report it.",
             vec![cvs_error.bind(py).clone().into_any()],
         )?;
+        let transfer = make_class(
+            py,
+            "TransferError",
+            "A file transfer failed on some hosts; `.results` holds every host's outcome and \
+             `.paths` the files that did arrive.",
+            vec![cvs_error.bind(py).clone().into_any()],
+        )?;
         Ok(Classes {
             cvs_error,
             config_error,
             unresolved_placeholder_error: unresolved,
             script_too_large_error: too_large,
             internal_error: internal,
+            transfer_error: transfer,
         })
     })
 }

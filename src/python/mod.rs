@@ -8,6 +8,7 @@ mod env;
 mod errors;
 mod lifecycle;
 mod render;
+mod ssh;
 
 use pyo3::prelude::*;
 
@@ -32,6 +33,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add("ScriptTooLargeError", c.script_too_large_error.bind(py))?;
     m.add("InternalError", c.internal_error.bind(py))?;
+    m.add("TransferError", c.transfer_error.bind(py))?;
 
     m.add_class::<config::PyClusterConfig>()?;
     m.add_class::<config::PyContainerSpec>()?;
@@ -53,6 +55,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(lifecycle::parse_image_probe, m)?)?;
 
     render::register(m)?;
+    ssh::register(m)?;
     m.add_function(wrap_pyfunction!(_debug_panic, m)?)?;
     Ok(())
 }

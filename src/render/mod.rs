@@ -9,6 +9,7 @@
 mod docker;
 mod provision;
 mod quote;
+pub mod remote;
 
 pub use docker::{
     INFINIBAND_EXPANSION, RunOptions, docker_exec_command, docker_run_argv, docker_run_command,

@@ -1,0 +1,834 @@
+//! `Cluster`, `Results`, `HostResult`: the fan-out engine in Python.
+//!
+//! Every network wait releases the GIL. The calling thread wakes every 50 ms to deliver
+//! progress events (callback and `logging`, in the caller's own thread) and to check signals, so
+//! Ctrl-C raises `KeyboardInterrupt` at once and the remote commands are killed behind it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
+use tokio::sync::{mpsc, watch};
+
+use super::config::PyClusterConfig;
+use super::errors::{IntoPyResult, classes, guard};
+use crate::error::Error;
+use crate::render::remote::{read_file_command, write_file_command};
+use crate::ssh::runtime::runtime;
+use crate::ssh::{
+    self, ConnectOptions, Event, HostKeyPolicy, HostResult, Input, JobSpec, OutputTo, Phase, Status,
+};
+
+const LOGGER: &str = "cvs_core";
+
+fn invalid(py: Python<'_>, msg: impl Into<String>) -> PyErr {
+    super::errors::to_pyerr(py, Error::InvalidArgument(msg.into()))
+}
+
+/// Drive `fut` to completion on the runtime with the GIL released, delivering events and
+/// honouring Ctrl-C. On a Python exception (signal, callback error) the call is cancelled and
+/// the exception raised without waiting for the remote kills.
+fn wait<T: Send + 'static>(
+    py: Python<'_>,
+    fut: impl Future<Output = T> + Send + 'static,
+    cancel: watch::Sender<bool>,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    progress: Option<&Bound<'_, PyAny>>,
+) -> PyResult<T> {
+    let rt = runtime();
+    let mut handle = rt.spawn(fut);
+    let logger = py.import("logging")?.call_method1("getLogger", (LOGGER,))?;
+    let debug = logger
+        .call_method1("isEnabledFor", (10,))?
+        .extract::<bool>()?;
+    loop {
+        let (done, batch) = py.detach(|| {
+            rt.block_on(async {
+                let mut batch = Vec::new();
+                let done = tokio::select! {
+                    r = &mut handle => Some(r),
+                    ev = events.recv() => {
+                        if let Some(ev) = ev { batch.push(ev); }
+                        None
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => None,
+                };
+                while let Ok(ev) = events.try_recv() {
+                    batch.push(ev);
+                }
+                (done, batch)
+            })
+        });
+        let delivered = deliver(py, &batch, progress, &logger, debug);
+        let interrupted = delivered.and_then(|()| py.check_signals());
+        if let Err(e) = interrupted {
+            let _ = cancel.send(true);
+            return Err(e);
+        }
+        if let Some(joined) = done {
+            return joined.map_err(|e| invalid(py, format!("internal error: {e}")));
+        }
+    }
+}
+
+fn deliver(
+    py: Python<'_>,
+    batch: &[Event],
+    progress: Option<&Bound<'_, PyAny>>,
+    logger: &Bound<'_, PyAny>,
+    debug: bool,
+) -> PyResult<()> {
+    for ev in batch {
+        if debug {
+            let line = match (ev.phase, ev.status) {
+                (Phase::Connected, _) => format!("{}: connected in {} ms", ev.host, ev.elapsed_ms),
+                (Phase::Done, Some(s)) if ev.detail.is_empty() => {
+                    format!("{}: {} in {} ms", ev.host, s.as_str(), ev.elapsed_ms)
+                }
+                (Phase::Done, Some(s)) => format!(
+                    "{}: {} in {} ms: {}",
+                    ev.host,
+                    s.as_str(),
+                    ev.elapsed_ms,
+                    ev.detail
+                ),
+                (phase, _) => format!("{}: {}", ev.host, phase.as_str()),
+            };
+            logger.call_method1("debug", (line,))?;
+        }
+        if let Some(cb) = progress {
+            cb.call1((ev.host.as_str(), ev.phase.as_str()))?;
+        }
+    }
+    let _ = py;
+    Ok(())
+}
+
+fn summary(results: &[HostResult], elapsed: Duration) -> String {
+    let mut counts: Vec<(Status, usize)> = Vec::new();
+    for r in results {
+        match counts.iter_mut().find(|(s, _)| *s == r.status) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((r.status, 1)),
+        }
+    }
+    let parts: Vec<String> = counts
+        .iter()
+        .map(|(s, n)| format!("{n} {}", s.as_str()))
+        .collect();
+    format!(
+        "{} host{} in {:.2}s: {}",
+        results.len(),
+        if results.len() == 1 { "" } else { "s" },
+        elapsed.as_secs_f64(),
+        parts.join(", ")
+    )
+}
+
+fn to_duration(py: Python<'_>, what: &str, secs: Option<f64>) -> PyResult<Option<Duration>> {
+    match secs {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => Err(invalid(
+            py,
+            format!("{what} must be a positive number of seconds, got {s}"),
+        )),
+    }
+}
+
+fn input_of(py: Python<'_>, stdin: Option<&Bound<'_, PyAny>>) -> PyResult<Input> {
+    let Some(obj) = stdin.filter(|o| !o.is_none()) else {
+        return Ok(Input::None);
+    };
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return Ok(Input::Bytes(Arc::new(b.as_bytes().to_vec())));
+    }
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Ok(Input::Bytes(Arc::new(s.to_string().into_bytes())));
+    }
+    if let Ok(b) = obj.extract::<Vec<u8>>() {
+        return Ok(Input::Bytes(Arc::new(b)));
+    }
+    Err(invalid(py, "stdin must be bytes or str"))
+}
+
+/// One host's outcome of a call.
+#[pyclass(frozen, module = "cvs_core", name = "HostResult")]
+pub struct PyHostResult {
+    inner: Arc<HostResult>,
+    path: Option<String>,
+}
+
+#[pymethods]
+impl PyHostResult {
+    #[getter]
+    fn host(&self) -> &str {
+        &self.inner.host
+    }
+    /// ok, exit_nonzero, signal, timeout, inactivity_timeout, unreachable, auth_failed,
+    /// host_key_mismatch, cancelled or error.
+    #[getter]
+    fn status(&self) -> &'static str {
+        self.inner.status.as_str()
+    }
+    /// The exit code; -1 when the command produced none.
+    #[getter]
+    fn exit_code(&self) -> i32 {
+        self.inner.exit_code
+    }
+    #[getter]
+    fn signal(&self) -> Option<&str> {
+        self.inner.signal.as_deref()
+    }
+    /// stdout decoded as UTF-8 (invalid bytes replaced); `stdout_bytes` has the raw bytes.
+    #[getter]
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.inner.stdout).into_owned()
+    }
+    #[getter]
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.inner.stderr).into_owned()
+    }
+    #[getter]
+    fn stdout_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.inner.stdout)
+    }
+    #[getter]
+    fn stderr_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.inner.stderr)
+    }
+    #[getter]
+    fn duration_s(&self) -> f64 {
+        self.inner.duration.as_secs_f64()
+    }
+    #[getter]
+    fn error(&self) -> Option<&str> {
+        self.inner.error.as_deref()
+    }
+    #[getter]
+    fn ok(&self) -> bool {
+        self.inner.status == Status::Ok
+    }
+    /// For transfers: the local path written (download) or the remote path (upload).
+    #[getter]
+    fn path(&self) -> Option<&str> {
+        self.path.as_deref()
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "HostResult(host={:?}, status={:?}, exit_code={}, stdout={} bytes, stderr={} bytes)",
+            self.inner.host,
+            self.inner.status.as_str(),
+            self.inner.exit_code,
+            self.inner.stdout.len(),
+            self.inner.stderr.len()
+        )
+    }
+}
+
+/// Hosts that produced the same (stdout, status, exit code).
+#[pyclass(frozen, module = "cvs_core", name = "OutputGroup")]
+pub struct PyOutputGroup {
+    #[pyo3(get)]
+    hosts: Vec<String>,
+    #[pyo3(get)]
+    status: &'static str,
+    #[pyo3(get)]
+    exit_code: i32,
+    #[pyo3(get)]
+    stdout: String,
+}
+
+#[pymethods]
+impl PyOutputGroup {
+    fn __repr__(&self) -> String {
+        format!(
+            "OutputGroup(hosts={:?}, status={:?}, exit_code={})",
+            self.hosts, self.status, self.exit_code
+        )
+    }
+}
+
+/// One `HostResult` per requested host, in the requested order.
+#[pyclass(frozen, module = "cvs_core", name = "Results")]
+pub struct PyResults {
+    items: Vec<Arc<HostResult>>,
+    paths: Vec<Option<String>>,
+    index: HashMap<String, usize>,
+    elapsed: Duration,
+}
+
+impl PyResults {
+    fn new(results: Vec<HostResult>, paths: Vec<Option<String>>, elapsed: Duration) -> Self {
+        let index = results
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.host.clone(), i))
+            .collect();
+        PyResults {
+            items: results.into_iter().map(Arc::new).collect(),
+            paths,
+            index,
+            elapsed,
+        }
+    }
+
+    fn item(&self, i: usize) -> PyHostResult {
+        PyHostResult {
+            inner: self.items[i].clone(),
+            path: self.paths.get(i).cloned().flatten(),
+        }
+    }
+}
+
+#[pymethods]
+impl PyResults {
+    fn __len__(&self) -> usize {
+        self.items.len()
+    }
+    fn __iter__(slf: PyRef<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let list: Vec<PyHostResult> = (0..slf.items.len()).map(|i| slf.item(i)).collect();
+        let list = pyo3::types::PyList::new(py, list)?;
+        Ok(list.try_iter()?.into_any().unbind())
+    }
+    /// `results["host"]` or `results[i]`.
+    fn __getitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<PyHostResult> {
+        if let Ok(host) = key.extract::<String>() {
+            return match self.index.get(&host) {
+                Some(&i) => Ok(self.item(i)),
+                None => Err(pyo3::exceptions::PyKeyError::new_err(host)),
+            };
+        }
+        let i: isize = key.extract()?;
+        let n = self.items.len() as isize;
+        let j = if i < 0 { i + n } else { i };
+        if j < 0 || j >= n {
+            return Err(pyo3::exceptions::PyIndexError::new_err(
+                "result index out of range",
+            ));
+        }
+        let _ = py;
+        Ok(self.item(j as usize))
+    }
+    fn __contains__(&self, host: &str) -> bool {
+        self.index.contains_key(host)
+    }
+    #[getter]
+    fn hosts(&self) -> Vec<String> {
+        self.items.iter().map(|r| r.host.clone()).collect()
+    }
+    /// True when every host's status is ok.
+    #[getter]
+    fn ok(&self) -> bool {
+        self.items.iter().all(|r| r.status == Status::Ok)
+    }
+    #[getter]
+    fn failed_hosts(&self) -> Vec<String> {
+        self.items
+            .iter()
+            .filter(|r| r.status != Status::Ok)
+            .map(|r| r.host.clone())
+            .collect()
+    }
+    #[getter]
+    fn elapsed_s(&self) -> f64 {
+        self.elapsed.as_secs_f64()
+    }
+    /// Group hosts with identical (stdout, status, exit code), in order of first appearance.
+    fn fold(&self) -> Vec<PyOutputGroup> {
+        let plain: Vec<HostResult> = self.items.iter().map(|r| (**r).clone()).collect();
+        ssh::fold(&plain)
+            .into_iter()
+            .map(|g| PyOutputGroup {
+                hosts: g.hosts,
+                status: g.status.as_str(),
+                exit_code: g.exit_code,
+                stdout: String::from_utf8_lossy(&g.stdout).into_owned(),
+            })
+            .collect()
+    }
+    /// A one-line summary: `64 hosts in 0.12s: 63 ok, 1 unreachable`.
+    fn summary(&self) -> String {
+        let plain: Vec<HostResult> = self.items.iter().map(|r| (**r).clone()).collect();
+        summary(&plain, self.elapsed)
+    }
+    /// The results as JSON: a list of per-host objects (stdout/stderr decoded lossily).
+    fn to_json(&self) -> String {
+        let rows: Vec<serde_json::Value> = self
+            .items
+            .iter()
+            .zip(&self.paths)
+            .map(|(r, p)| {
+                serde_json::json!({
+                    "host": r.host,
+                    "status": r.status.as_str(),
+                    "exit_code": r.exit_code,
+                    "signal": r.signal,
+                    "stdout": String::from_utf8_lossy(&r.stdout),
+                    "stderr": String::from_utf8_lossy(&r.stderr),
+                    "duration_s": r.duration.as_secs_f64(),
+                    "error": r.error,
+                    "path": p,
+                })
+            })
+            .collect();
+        serde_json::Value::Array(rows).to_string()
+    }
+    fn __repr__(&self) -> String {
+        format!("Results({})", self.summary())
+    }
+}
+
+/// Parallel SSH to a fixed set of hosts, one OpenSSH master per host kept across calls.
+#[pyclass(frozen, module = "cvs_core", name = "Cluster")]
+pub struct PyCluster {
+    inner: Arc<ssh::Cluster>,
+}
+
+struct Call {
+    jobs: Vec<(String, JobSpec)>,
+    paths: Vec<Option<String>>,
+    what: String,
+}
+
+impl PyCluster {
+    fn select_hosts(&self, py: Python<'_>, hosts: Option<Vec<String>>) -> PyResult<Vec<String>> {
+        let hosts = hosts.unwrap_or_else(|| self.inner.hosts().to_vec());
+        self.inner
+            .check_hosts(hosts.iter().map(String::as_str))
+            .py_err(py)?;
+        Ok(hosts)
+    }
+
+    fn run(
+        &self,
+        py: Python<'_>,
+        call: Call,
+        progress: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyResults> {
+        let logger = py.import("logging")?.call_method1("getLogger", (LOGGER,))?;
+        logger.call_method1(
+            "debug",
+            (format!("{} on {} hosts", call.what, call.jobs.len()),),
+        )?;
+        let started = Instant::now();
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let cluster = self.inner.clone();
+        let jobs = call.jobs;
+        let results = wait(
+            py,
+            async move { cluster.run_many(jobs, Some(ev_tx), cancel_rx).await },
+            cancel_tx,
+            ev_rx,
+            progress,
+        )?;
+        let elapsed = started.elapsed();
+        logger.call_method1(
+            "info",
+            (format!("{}: {}", call.what, summary(&results, elapsed)),),
+        )?;
+        Ok(PyResults::new(results, call.paths, elapsed))
+    }
+
+    fn spec(
+        py: Python<'_>,
+        cmd: String,
+        input: Input,
+        timeout: Option<f64>,
+        inactivity_timeout: Option<f64>,
+    ) -> PyResult<JobSpec> {
+        if cmd.contains('\0') {
+            return Err(invalid(py, "the command contains a NUL character"));
+        }
+        Ok(JobSpec {
+            cmd,
+            input,
+            stdout_to: OutputTo::Memory,
+            timeout: to_duration(py, "timeout", timeout)?,
+            inactivity_timeout: to_duration(py, "inactivity_timeout", inactivity_timeout)?,
+        })
+    }
+}
+
+fn path_string(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<String> {
+    py.import("os")?.getattr("fspath")?.call1((obj,))?.extract()
+}
+
+#[pymethods]
+impl PyCluster {
+    #[new]
+    #[pyo3(signature = (hosts, user = None, key = None, *, port = None, ssh_config = None,
+        known_hosts = None, host_key_policy = "strict", jump_host = None, connect_timeout = 10.0,
+        max_parallel = None, password = None, idle_timeout = 600.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        hosts: Vec<String>,
+        user: Option<String>,
+        key: Option<&Bound<'_, PyAny>>,
+        port: Option<u16>,
+        ssh_config: Option<&Bound<'_, PyAny>>,
+        known_hosts: Option<&Bound<'_, PyAny>>,
+        host_key_policy: &str,
+        jump_host: Option<String>,
+        connect_timeout: f64,
+        max_parallel: Option<usize>,
+        password: Option<String>,
+        idle_timeout: f64,
+    ) -> PyResult<Self> {
+        guard(py, || {
+            if password.is_some() {
+                return Err(invalid(
+                    py,
+                    "password authentication is not supported by cvs_core.Cluster: it runs \
+                     OpenSSH in batch mode, which never prompts. Use key-based authentication \
+                     (key=... or an ssh-agent), or drop 'password' from the cluster file.",
+                ));
+            }
+            let opt_path = |o: Option<&Bound<'_, PyAny>>| -> PyResult<Option<PathBuf>> {
+                o.filter(|o| !o.is_none())
+                    .map(|o| path_string(py, o).map(PathBuf::from))
+                    .transpose()
+            };
+            let opts = ConnectOptions {
+                user,
+                key: opt_path(key)?,
+                port,
+                ssh_config: opt_path(ssh_config)?,
+                known_hosts: opt_path(known_hosts)?,
+                host_key_policy: HostKeyPolicy::parse(host_key_policy).py_err(py)?,
+                jump_host,
+                connect_timeout: to_duration(py, "connect_timeout", Some(connect_timeout))?
+                    .unwrap_or(Duration::from_secs(10)),
+                idle_timeout: to_duration(py, "idle_timeout", Some(idle_timeout))?
+                    .unwrap_or(Duration::from_secs(600)),
+                ..ConnectOptions::default()
+            };
+            if max_parallel == Some(0) {
+                return Err(invalid(py, "max_parallel must be at least 1"));
+            }
+            let inner = ssh::Cluster::new(hosts, opts, max_parallel).py_err(py)?;
+            Ok(PyCluster {
+                inner: Arc::new(inner),
+            })
+        })
+    }
+
+    /// Build from a `ClusterConfig` (hosts, username, priv_key_file); keywords as `Cluster()`.
+    #[classmethod]
+    #[pyo3(signature = (config, **kwargs))]
+    fn from_config<'py>(
+        cls: &Bound<'py, pyo3::types::PyType>,
+        config: PyRef<'py, PyClusterConfig>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = cls.py();
+        let kw = PyDict::new(py);
+        kw.set_item("user", config.username_str())?;
+        kw.set_item("key", config.key_str())?;
+        if let Some(pw) = config.password_str() {
+            kw.set_item("password", pw)?;
+        }
+        if let Some(extra) = kwargs {
+            kw.update(extra.as_mapping())?;
+        }
+        cls.call((config.host_list(),), Some(&kw))
+    }
+
+    #[getter]
+    fn hosts(&self) -> Vec<String> {
+        self.inner.hosts().to_vec()
+    }
+
+    /// Run `cmd` on every host (or `hosts`). `timeout` bounds the whole command, and
+    /// `inactivity_timeout` the silence between output chunks; either kills the remote process
+    /// tree. `stdin` (bytes or str, any size) is sent to every host.
+    #[pyo3(signature = (cmd, hosts = None, timeout = None, inactivity_timeout = None, stdin = None, *, progress = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn exec(
+        &self,
+        py: Python<'_>,
+        cmd: String,
+        hosts: Option<Vec<String>>,
+        timeout: Option<f64>,
+        inactivity_timeout: Option<f64>,
+        stdin: Option<&Bound<'_, PyAny>>,
+        progress: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyResults> {
+        guard(py, || {
+            let hosts = self.select_hosts(py, hosts)?;
+            let spec = Self::spec(
+                py,
+                cmd.clone(),
+                input_of(py, stdin)?,
+                timeout,
+                inactivity_timeout,
+            )?;
+            let n = hosts.len();
+            let call = Call {
+                jobs: hosts.into_iter().map(|h| (h, spec.clone())).collect(),
+                paths: vec![None; n],
+                what: format!("exec {:?}", truncate(&cmd, 120)),
+            };
+            self.run(py, call, progress)
+        })
+    }
+
+    /// Run a different command per host: `{host: cmd}` (any subset, in the dict's order).
+    #[pyo3(signature = (commands, timeout = None, inactivity_timeout = None, stdin = None, *, progress = None))]
+    fn exec_per_host(
+        &self,
+        py: Python<'_>,
+        commands: &Bound<'_, PyDict>,
+        timeout: Option<f64>,
+        inactivity_timeout: Option<f64>,
+        stdin: Option<&Bound<'_, PyAny>>,
+        progress: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyResults> {
+        guard(py, || {
+            let input = input_of(py, stdin)?;
+            let mut jobs = Vec::with_capacity(commands.len());
+            for (h, c) in commands.iter() {
+                let host: String = h.extract()?;
+                let cmd: String = c.extract()?;
+                jobs.push((
+                    host,
+                    Self::spec(py, cmd, input.clone(), timeout, inactivity_timeout)?,
+                ));
+            }
+            self.inner
+                .check_hosts(jobs.iter().map(|(h, _)| h.as_str()))
+                .py_err(py)?;
+            let n = jobs.len();
+            self.run(
+                py,
+                Call {
+                    jobs,
+                    paths: vec![None; n],
+                    what: "exec_per_host".into(),
+                },
+                progress,
+            )
+        })
+    }
+
+    /// Copy the local file `local` to `remote` on every host (or `hosts`), streamed: any size.
+    #[pyo3(signature = (local, remote, hosts = None, timeout = None, *, progress = None))]
+    fn upload(
+        &self,
+        py: Python<'_>,
+        local: &Bound<'_, PyAny>,
+        remote: String,
+        hosts: Option<Vec<String>>,
+        timeout: Option<f64>,
+        progress: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyResults> {
+        guard(py, || {
+            let hosts = self.select_hosts(py, hosts)?;
+            let local = path_string(py, local)?;
+            let map = hosts
+                .into_iter()
+                .map(|h| (h, (local.clone(), remote.clone())))
+                .collect();
+            self.upload_jobs(py, map, timeout, progress)
+        })
+    }
+
+    /// Copy a different file per host: `{host: (local, remote)}`.
+    #[pyo3(signature = (files, timeout = None, *, progress = None))]
+    fn upload_per_host(
+        &self,
+        py: Python<'_>,
+        files: &Bound<'_, PyDict>,
+        timeout: Option<f64>,
+        progress: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyResults> {
+        guard(py, || {
+            let mut map = Vec::with_capacity(files.len());
+            for (h, pair) in files.iter() {
+                let host: String = h.extract()?;
+                let pair = pair.cast::<PyTuple>().map_err(|_| {
+                    PyValueError::new_err(format!(
+                        "files[{host:?}] must be a (local, remote) tuple"
+                    ))
+                })?;
+                if pair.len() != 2 {
+                    return Err(PyValueError::new_err(format!(
+                        "files[{host:?}] must be a (local, remote) tuple"
+                    )));
+                }
+                let local = path_string(py, &pair.get_item(0)?)?;
+                let remote: String = pair.get_item(1)?.extract()?;
+                map.push((host, (local, remote)));
+            }
+            self.upload_jobs(py, map, timeout, progress)
+        })
+    }
+
+    /// Copy `remote` from every host (or `hosts`) to `local_dir/<host>/<basename>`, streamed:
+    /// any size. Returns `{host: local_path}`. With `check=True` (default) a failure on any
+    /// host raises `TransferError` (its `.results` has every host's outcome, `.paths` the
+    /// files that did arrive); with `check=False` failed hosts are left out of the dict.
+    #[pyo3(signature = (remote, local_dir, hosts = None, timeout = None, *, check = true, progress = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn download<'py>(
+        &self,
+        py: Python<'py>,
+        remote: String,
+        local_dir: &Bound<'py, PyAny>,
+        hosts: Option<Vec<String>>,
+        timeout: Option<f64>,
+        check: bool,
+        progress: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        guard(py, || {
+            let hosts = self.select_hosts(py, hosts)?;
+            let local_dir = PathBuf::from(path_string(py, local_dir)?);
+            let base = std::path::Path::new(&remote)
+                .file_name()
+                .map(|b| b.to_string_lossy().into_owned())
+                .ok_or_else(|| invalid(py, format!("remote path {remote:?} names no file")))?;
+            let cmd = read_file_command(&remote).py_err(py)?;
+            let mut jobs = Vec::with_capacity(hosts.len());
+            let mut paths = Vec::with_capacity(hosts.len());
+            for h in hosts {
+                let dir = local_dir.join(&h);
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| invalid(py, format!("cannot create {}: {e}", dir.display())))?;
+                let dest = dir.join(&base);
+                paths.push(Some(dest.display().to_string()));
+                let mut spec = Self::spec(py, cmd.clone(), Input::None, timeout, None)?;
+                spec.stdout_to = OutputTo::File(dest);
+                jobs.push((h, spec));
+            }
+            let results = self.run(
+                py,
+                Call {
+                    jobs,
+                    paths,
+                    what: format!("download {remote}"),
+                },
+                progress,
+            )?;
+            let ok = PyDict::new(py);
+            for (r, p) in results.items.iter().zip(&results.paths) {
+                if r.status == Status::Ok
+                    && let Some(p) = p
+                {
+                    ok.set_item(&r.host, p)?;
+                } else if let Some(p) = p {
+                    // A partial or empty file from a failed host must not pass for a download.
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+            if check && !results.ok() {
+                let c = classes(py)?;
+                let failed = results.failed_hosts();
+                let err = c.transfer_error.bind(py).call1((format!(
+                    "download of {remote:?} failed on {}/{} hosts: {:?}",
+                    failed.len(),
+                    results.items.len(),
+                    failed
+                ),))?;
+                err.setattr("paths", &ok)?;
+                err.setattr("results", Py::new(py, results)?)?;
+                return Err(PyErr::from_value(err));
+            }
+            Ok(ok)
+        })
+    }
+
+    /// PIDs of the connected OpenSSH masters (one per connected host).
+    fn master_pids(&self, py: Python<'_>) -> PyResult<Vec<u32>> {
+        let cluster = self.inner.clone();
+        let (tx, _rx) = watch::channel(false);
+        let (_etx, erx) = mpsc::unbounded_channel();
+        wait(
+            py,
+            async move { cluster.master_pids().await },
+            tx,
+            erx,
+            None,
+        )
+    }
+
+    /// End every master. The cluster cannot be used afterwards.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let cluster = self.inner.clone();
+        let (tx, _rx) = watch::channel(false);
+        let (_etx, erx) = mpsc::unbounded_channel();
+        wait(py, async move { cluster.close().await }, tx, erx, None)
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Cluster({} hosts)", self.inner.hosts().len())
+    }
+}
+
+impl PyCluster {
+    fn upload_jobs(
+        &self,
+        py: Python<'_>,
+        map: Vec<(String, (String, String))>,
+        timeout: Option<f64>,
+        progress: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyResults> {
+        self.inner
+            .check_hosts(map.iter().map(|(h, _)| h.as_str()))
+            .py_err(py)?;
+        let mut jobs = Vec::with_capacity(map.len());
+        let mut paths = Vec::with_capacity(map.len());
+        for (host, (local, remote)) in map {
+            if !std::path::Path::new(&local).is_file() {
+                return Err(invalid(py, format!("local file {local:?} does not exist")));
+            }
+            let cmd = write_file_command(&remote).py_err(py)?;
+            jobs.push((
+                host,
+                Self::spec(py, cmd, Input::File(PathBuf::from(local)), timeout, None)?,
+            ));
+            paths.push(Some(remote));
+        }
+        self.run(
+            py,
+            Call {
+                jobs,
+                paths,
+                what: "upload".into(),
+            },
+            progress,
+        )
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyCluster>()?;
+    m.add_class::<PyResults>()?;
+    m.add_class::<PyHostResult>()?;
+    m.add_class::<PyOutputGroup>()?;
+    Ok(())
+}

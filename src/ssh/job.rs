@@ -1,0 +1,392 @@
+//! One command on one host over its master: stdin streaming, output capture, total and
+//! inactivity timeouts, cancellation, and killing the remote process tree when the command is
+//! abandoned.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openssh::{Session, Stdio};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use super::result::{HostResult, Status};
+use crate::render::remote::{job_command, kill_job_script};
+
+/// What the remote command reads on stdin.
+#[derive(Debug, Clone)]
+pub enum Input {
+    None,
+    /// Shared by every host of a fan-out: one copy in memory, however many hosts.
+    Bytes(Arc<Vec<u8>>),
+    /// Streamed from a local file (uploads of any size).
+    File(PathBuf),
+}
+
+/// Where the remote stdout goes.
+#[derive(Debug, Clone)]
+pub enum OutputTo {
+    Memory,
+    /// Streamed into a local file (downloads of any size).
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub cmd: String,
+    pub input: Input,
+    pub stdout_to: OutputTo,
+    pub timeout: Option<Duration>,
+    pub inactivity_timeout: Option<Duration>,
+}
+
+impl JobSpec {
+    pub fn command(cmd: impl Into<String>) -> Self {
+        JobSpec {
+            cmd: cmd.into(),
+            input: Input::None,
+            stdout_to: OutputTo::Memory,
+            timeout: None,
+            inactivity_timeout: None,
+        }
+    }
+}
+
+pub enum Outcome {
+    /// The command started (it may have failed, timed out...): never run it again.
+    Ran(HostResult),
+    /// The command never reached the host (the master's socket did not answer): safe to
+    /// reconnect and run it once more.
+    NotStarted(String),
+}
+
+/// Grace between TERM and KILL when a command is abandoned.
+pub const KILL_GRACE: Duration = Duration::from_millis(1000);
+
+/// A token unique to this process and call, marking every remote process of one command.
+pub fn new_token() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static EPOCH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let epoch = EPOCH.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    });
+    format!(
+        "{:x}-{:x}-{:x}",
+        std::process::id(),
+        epoch & 0xffff_ffff,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Milliseconds since `start`, shared between readers and the inactivity watchdog.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    fn idle(&self) -> Duration {
+        let now = self.start.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+async fn pump<R: AsyncRead + Unpin>(
+    mut src: R,
+    sink: Arc<Mutex<Vec<u8>>>,
+    mut file: Option<tokio::fs::File>,
+    activity: Arc<Activity>,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = src.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        activity.touch();
+        match file.as_mut() {
+            Some(f) => f.write_all(&buf[..n]).await?,
+            None => sink
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(&buf[..n]),
+        }
+    }
+    if let Some(f) = file.as_mut() {
+        f.flush().await?;
+    }
+    Ok(())
+}
+
+async fn feed(mut stdin: openssh::ChildStdin, input: Input) -> std::io::Result<()> {
+    match input {
+        Input::None => {}
+        Input::Bytes(bytes) => stdin.write_all(&bytes).await?,
+        Input::File(path) => {
+            let mut f = tokio::fs::File::open(&path).await?;
+            tokio::io::copy(&mut f, &mut stdin).await?;
+        }
+    }
+    stdin.shutdown().await
+}
+
+fn take(buf: &Arc<Mutex<Vec<u8>>>) -> Vec<u8> {
+    std::mem::take(&mut *buf.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// End every remote process of the job `token` (TERM, then KILL after the grace).
+pub async fn kill_remote(session: Arc<Session>, token: String) {
+    let Ok(script) = kill_job_script(&token, KILL_GRACE.as_millis() as u64) else {
+        return;
+    };
+    let mut cmd = Session::to_raw_command(session, script);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let run = async {
+        if let Ok(child) = cmd.spawn().await {
+            let _ = child.wait().await;
+        }
+    };
+    let _ = tokio::time::timeout(KILL_GRACE + Duration::from_secs(5), run).await;
+}
+
+enum Stop {
+    Timeout,
+    Inactive,
+    Cancelled,
+}
+
+/// Run `spec` on `host` through `session`. `cancel` flips to true when the caller gives up.
+pub async fn run(
+    session: Arc<Session>,
+    host: &str,
+    spec: &JobSpec,
+    mut cancel: watch::Receiver<bool>,
+) -> Outcome {
+    let started = Instant::now();
+    let token = new_token();
+    let cmd = match job_command(&token, &spec.cmd) {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome::Ran(HostResult::failed(
+                host,
+                Status::Error,
+                e.to_string(),
+                started.elapsed(),
+            ));
+        }
+    };
+    let stdout_file = match &spec.stdout_to {
+        OutputTo::Memory => None,
+        OutputTo::File(path) => match tokio::fs::File::create(path).await {
+            Ok(f) => Some(f),
+            Err(e) => {
+                return Outcome::Ran(HostResult::failed(
+                    host,
+                    Status::Error,
+                    format!("cannot create {}: {e}", path.display()),
+                    started.elapsed(),
+                ));
+            }
+        },
+    };
+    let mut command = Session::to_raw_command(session.clone(), cmd);
+    command
+        .stdin(match spec.input {
+            Input::None => Stdio::null(),
+            _ => Stdio::piped(),
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = match command.spawn().await {
+        Ok(child) => child,
+        Err(e) => return Outcome::NotStarted(e.to_string()),
+    };
+
+    let activity = Arc::new(Activity {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    });
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let err = Arc::new(Mutex::new(Vec::new()));
+    let stdin = child.stdin().take();
+    let stdout = child.stdout().take();
+    let stderr = child.stderr().take();
+    let input = spec.input.clone();
+    let io = {
+        let (out, err, activity) = (out.clone(), err.clone(), activity.clone());
+        async move {
+            let write = async {
+                match stdin {
+                    Some(s) => feed(s, input).await,
+                    None => Ok(()),
+                }
+            };
+            let read_out = async {
+                match stdout {
+                    Some(s) => pump(s, out, stdout_file, activity.clone()).await,
+                    None => Ok(()),
+                }
+            };
+            let read_err = async {
+                match stderr {
+                    Some(s) => pump(s, err, None, activity.clone()).await,
+                    None => Ok(()),
+                }
+            };
+            let (w, o, e) = tokio::join!(write, read_out, read_err);
+            // A command that does not read its stdin closes the pipe early: not an error.
+            let w = w.or_else(|e| {
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            });
+            (w, o, e, child.wait().await)
+        }
+    };
+
+    let watchdog = async {
+        let deadline = spec.timeout.map(|t| activity.start + t);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A dropped sender means nobody can cancel any more, not "cancel".
+        let mut cancel_open = true;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                changed = cancel.changed(), if cancel_open => cancel_open = changed.is_ok(),
+            }
+            if *cancel.borrow() {
+                return Stop::Cancelled;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Stop::Timeout;
+            }
+            if spec
+                .inactivity_timeout
+                .is_some_and(|limit| activity.idle() >= limit)
+            {
+                return Stop::Inactive;
+            }
+        }
+    };
+
+    let finished = tokio::select! {
+        done = io => Ok(done),
+        stop = watchdog => Err(stop),
+    };
+    let elapsed = started.elapsed();
+    let (w, o, e, wait) = match finished {
+        Ok(done) => done,
+        Err(stop) => {
+            let (status, what) = match stop {
+                Stop::Timeout => (
+                    Status::Timeout,
+                    format!(
+                        "timed out after {:.1}s",
+                        spec.timeout.unwrap_or_default().as_secs_f64()
+                    ),
+                ),
+                Stop::Inactive => (
+                    Status::InactivityTimeout,
+                    format!(
+                        "no output for {:.1}s",
+                        spec.inactivity_timeout.unwrap_or_default().as_secs_f64()
+                    ),
+                ),
+                Stop::Cancelled => (Status::Cancelled, "cancelled".to_owned()),
+            };
+            if matches!(status, Status::Cancelled) {
+                // The caller is leaving now (Ctrl-C): kill in the background.
+                tokio::spawn(kill_remote(session, token));
+            } else {
+                kill_remote(session, token).await;
+            }
+            let mut r = HostResult::failed(
+                host,
+                status,
+                format!("{what}; remote processes killed"),
+                elapsed,
+            );
+            r.stdout = take(&out);
+            r.stderr = take(&err);
+            return Outcome::Ran(r);
+        }
+    };
+
+    let mut result = HostResult {
+        host: host.to_owned(),
+        status: Status::Ok,
+        exit_code: -1,
+        signal: None,
+        stdout: take(&out),
+        stderr: take(&err),
+        duration: elapsed,
+        error: None,
+    };
+    match wait {
+        Ok(status) => match status.code() {
+            Some(0) => result.exit_code = 0,
+            Some(code) => {
+                result.exit_code = code;
+                result.status = Status::ExitNonzero;
+            }
+            None => {
+                result.status = Status::Signal;
+            }
+        },
+        // openssh reports exit 127 as an error; for us it is the command's exit code.
+        Err(openssh::Error::Remote(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            result.exit_code = 127;
+            result.status = Status::ExitNonzero;
+        }
+        Err(openssh::Error::RemoteProcessTerminated) => {
+            // The mux protocol carries no signal details and cannot tell a signal from a lost
+            // connection: ask the master.
+            if super::master::is_alive(session.control_socket()).await {
+                result.status = Status::Signal;
+                result.error = Some("the remote command was terminated by a signal".into());
+            } else {
+                result.status = Status::Error;
+                result.error = Some("the connection was lost while the command ran".into());
+            }
+        }
+        Err(e) => {
+            result.status = Status::Error;
+            result.error = Some(format!("{e}"));
+        }
+    }
+    for (what, r) in [("stdin", w), ("stdout", o), ("stderr", e)] {
+        if let Err(io) = r
+            && result.error.is_none()
+        {
+            result.status = Status::Error;
+            result.error = Some(format!("{what}: {io}"));
+        }
+    }
+    Outcome::Ran(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_unique_and_shell_safe() {
+        let a = new_token();
+        let b = new_token();
+        assert_ne!(a, b);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit() || c == '-'), "{a}");
+    }
+}

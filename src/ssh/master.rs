@@ -1,0 +1,235 @@
+//! One OpenSSH master per host: launched with `ssh -M -f -N`, reused through its control socket
+//! by every later command (native mux), ended by PID or a stop request on close.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openssh::Session;
+use tokio::process::Command;
+
+use super::options::{ConnectOptions, master_argv};
+use super::result::Status;
+
+/// A connected master. `session` multiplexes every command over the one connection.
+pub struct Master {
+    pub session: Arc<Session>,
+    pub ctl: PathBuf,
+    pub pid: Option<u32>,
+    pub connect_time: Duration,
+}
+
+/// Why a master could not be established, classified from ssh's own log.
+#[derive(Debug, Clone)]
+pub struct ConnectFailure {
+    pub status: Status,
+    pub message: String,
+}
+
+/// Map ssh's diagnostics to a status. ssh prints these exact phrases (OpenSSH 7-9).
+pub fn classify_ssh_error(log: &str) -> Status {
+    let l = log.to_lowercase();
+    if l.contains("host key verification failed")
+        || l.contains("remote host identification has changed")
+        || l.contains("no matching host key type")
+        || l.contains("host key for") && l.contains("has changed")
+        || l.contains("is known and does not match")
+    {
+        Status::HostKeyMismatch
+    } else if l.contains("permission denied")
+        || l.contains("too many authentication failures")
+        || l.contains("no more authentication methods")
+    {
+        Status::AuthFailed
+    } else if l.contains("connection refused")
+        || l.contains("no route to host")
+        || l.contains("timed out")
+        || l.contains("could not resolve hostname")
+        || l.contains("name or service not known")
+        || l.contains("network is unreachable")
+        || l.contains("connection closed by")
+        || l.contains("connection reset")
+        || l.contains("kex_exchange_identification")
+        || l.contains("banner exchange")
+        || l.contains("broken pipe")
+    {
+        Status::Unreachable
+    } else {
+        Status::Error
+    }
+}
+
+/// The last meaningful lines of ssh's log, for the per-host `error` text.
+fn summarize(log: &str) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("@@@"))
+        .collect();
+    let tail = &lines[lines.len().saturating_sub(3)..];
+    if tail.is_empty() {
+        "ssh exited without a diagnostic".to_owned()
+    } else {
+        tail.join(" | ")
+    }
+}
+
+/// Launch the master for `host` with its control socket at `ctl`.
+pub async fn launch(
+    opts: &ConnectOptions,
+    host: &str,
+    ctl: &Path,
+) -> Result<Master, ConnectFailure> {
+    let started = Instant::now();
+    let log = ctl.with_extension("log");
+    let _ = std::fs::remove_file(ctl);
+    let _ = std::fs::remove_file(&log);
+    let argv = master_argv(opts, host, ctl, &log);
+    let mut cmd = Command::new(&opts.ssh_program);
+    cmd.args(&argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        // A password prompt must fail, never hang: no terminal, no askpass.
+        .env_remove("SSH_ASKPASS")
+        .env("SSH_ASKPASS_REQUIRE", "never");
+    // ssh enforces ConnectTimeout itself (TCP connect and banner); the outer bound only guards
+    // against an ssh that hangs in a way it does not time (a stuck ProxyCommand, say).
+    let guard = opts.connect_timeout * 3 + Duration::from_secs(5);
+    let status = match tokio::time::timeout(guard, cmd.status()).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            return Err(ConnectFailure {
+                status: Status::Error,
+                message: format!("cannot run {}: {e}", opts.ssh_program.display()),
+            });
+        }
+        Err(_) => {
+            return Err(ConnectFailure {
+                status: Status::Unreachable,
+                message: format!("ssh did not finish connecting within {}s", guard.as_secs()),
+            });
+        }
+    };
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    if !status.success() {
+        return Err(ConnectFailure {
+            status: classify_ssh_error(&log_text),
+            message: summarize(&log_text),
+        });
+    }
+    let pid = master_pid(ctl).await;
+    let session = Session::resume_mux(
+        ctl.to_path_buf().into_boxed_path(),
+        Some(log.into_boxed_path()),
+    );
+    Ok(Master {
+        session: Arc::new(session),
+        ctl: ctl.to_path_buf(),
+        pid,
+        connect_time: started.elapsed(),
+    })
+}
+
+/// The master's PID through the mux protocol's alive check (also proves the socket answers).
+pub async fn master_pid(ctl: &Path) -> Option<u32> {
+    let mut conn = openssh_mux_client::Connection::connect(ctl).await.ok()?;
+    conn.send_alive_check().await.ok().map(|p| p.get())
+}
+
+/// Whether the master still answers on its control socket.
+pub async fn is_alive(ctl: &Path) -> bool {
+    master_pid(ctl).await.is_some()
+}
+
+/// Ask the master to stop (it exits once its sessions end), then make sure by PID.
+pub async fn close(master: &Master) {
+    if let Ok(mut conn) = openssh_mux_client::Connection::connect(&master.ctl).await {
+        let _ = conn.request_stop_listening().await;
+    }
+    if let Some(pid) = master.pid {
+        terminate_pid(pid, Duration::from_millis(500)).await;
+    }
+    let _ = std::fs::remove_file(master.ctl.with_extension("log"));
+}
+
+/// SIGTERM `pid` (a master we launched), SIGKILL if it is still there after `grace`.
+pub async fn terminate_pid(pid: u32, grace: Duration) {
+    let Ok(pid) = i32::try_from(pid) else { return };
+    // SAFETY: kill(2) with a PID we obtained from our own master; no memory is involved.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        return;
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        // SAFETY: signal 0 only checks for existence.
+        if unsafe { libc::kill(pid, 0) } != 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+/// Synchronous best-effort stop for `Drop` paths (no runtime needed).
+pub fn terminate_pid_now(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: kill(2) on a master PID we launched.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_openssh_diagnostics() {
+        let cases = [
+            (
+                "ssh: connect to host 10.0.0.9 port 22: Connection refused",
+                Status::Unreachable,
+            ),
+            (
+                "Connection timed out during banner exchange",
+                Status::Unreachable,
+            ),
+            (
+                "ssh: connect to host x port 22: No route to host",
+                Status::Unreachable,
+            ),
+            (
+                "ssh: Could not resolve hostname nope: Name or service not known",
+                Status::Unreachable,
+            ),
+            ("root@h: Permission denied (publickey).", Status::AuthFailed),
+            (
+                "@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\nHost key verification failed.",
+                Status::HostKeyMismatch,
+            ),
+            (
+                "No ED25519 host key is known for h and you have requested strict checking.\nHost key verification failed.",
+                Status::HostKeyMismatch,
+            ),
+            ("something odd", Status::Error),
+        ];
+        for (log, want) in cases {
+            assert_eq!(classify_ssh_error(log), want, "{log}");
+        }
+    }
+
+    #[test]
+    fn summary_keeps_the_last_lines_without_banners() {
+        let log = "@@@@@\nWARNING\n\nline a\nline b\nHost key verification failed.\n";
+        assert_eq!(
+            summarize(log),
+            "line a | line b | Host key verification failed."
+        );
+        assert_eq!(summarize(""), "ssh exited without a diagnostic");
+    }
+}
