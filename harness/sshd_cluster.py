@@ -319,9 +319,16 @@ class SshdCluster:
             srv.close()
         self._listeners.clear()
         procs = [h.proc for h in [*self.host_list, *self.extra.values()] if h.proc]
+        # Per-connection sshd processes outlive their listener; end them with it.
+        children = [c for p in procs for c in _descendants(p.pid)]
         for p in procs:
             if p.poll() is None:
                 p.terminate()
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         deadline = time.monotonic() + 5
         for p in procs:
             try:
@@ -335,18 +342,46 @@ class SshdCluster:
         if state.exists():
             state.unlink()
 
-    def kill_host(self, index: int) -> None:
-        """Stop one host's sshd (by the PID we started) to simulate a node going down."""
+    def crash_host(self, index: int) -> None:
+        """Simulate a node dying: its sshd (the PID we started) and every per-connection sshd it
+        forked are killed, so open connections drop as they would with the machine."""
         h = self.host_list[index]
-        if h.proc and h.proc.poll() is None:
-            h.proc.terminate()
-            h.proc.wait(5)
+        if h.proc is None:
+            return
+        for pid in [*_descendants(h.proc.pid), h.proc.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        h.proc.wait(5)
+        h.proc = None
 
     def __enter__(self) -> SshdCluster:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _descendants(root: int) -> list[int]:
+    """PIDs of every process below `root` (children first found by a /proc scan)."""
+    parent_of: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        parent_of[int(entry)] = int(fields[1])
+    found: list[int] = []
+    frontier = [root]
+    while frontier:
+        nxt = [pid for pid, ppid in parent_of.items() if ppid in frontier]
+        found.extend(nxt)
+        frontier = nxt
+    return found
 
 
 def _current_user() -> str:

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,44 @@ def write_json(tmp_path: Path):
 
 def deep(d: dict) -> dict:
     return copy.deepcopy(d)
+
+
+# -- live SSH: real sshd processes on loopback addresses ------------------------------------
+sys.path.insert(0, str(REPO))
+from harness.sshd_cluster import SshdCluster, prerequisites_missing  # noqa: E402
+
+LIVE_REQUIRED = os.environ.get("CVS_CORE_REQUIRE_LIVE") == "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "live: needs real sshd processes (OpenSSH installed)")
+
+
+def _require_live() -> None:
+    why = prerequisites_missing()
+    if why:
+        if LIVE_REQUIRED:
+            pytest.fail(f"CVS_CORE_REQUIRE_LIVE=1 but {why}")
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory):
+    """Six simulated hosts plus the failure cases (wrong host key, refused key, dead address,
+    silent port), shared by the session; stopped (by PID) at the end."""
+    _require_live()
+    cluster = SshdCluster(6, tmp_path_factory.mktemp("sshd")).start(
+        wrong_key_host=True, no_auth_host=True
+    )
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def ssh_cluster(sshd):
+    """A cvs_core.Cluster over the six healthy hosts, closed after the test."""
+    import cvs_core
+
+    cl = cvs_core.Cluster(sshd.hosts, ssh_config=sshd.ssh_config, connect_timeout=3)
+    yield cl
+    cl.close()

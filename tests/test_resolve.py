@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 import cvs_core
 
+BASH = shutil.which("bash") or "/bin/bash"
 LIFETIME_ERR = "container.lifetime must be one of ('no_launch', 'per_run', 'persistent'), got "
 
 
@@ -160,14 +162,31 @@ def test_default_setup_script_skips_when_sshd_present(tmp_path: Path) -> None:
     assert "sshd already present, nothing to install" in res.stdout
 
 
-@pytest.mark.skipif(os.path.exists("/usr/sbin/sshd"), reason="host has /usr/sbin/sshd")
+def _without_system_sshd() -> list[str]:
+    """A command prefix under which /usr/sbin/sshd does not exist (a private mount namespace
+    with an empty /usr/sbin), so the install branch runs on machines that have OpenSSH."""
+    if not os.path.exists("/usr/sbin/sshd"):
+        return []
+    unshare = shutil.which("unshare") or "unshare"
+    mount = shutil.which("mount") or "/bin/mount"
+    probe = subprocess.run(
+        [unshare, "-m", "/bin/sh", "-c", f"{mount} -t tmpfs none /usr/sbin"],
+        capture_output=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        pytest.skip("cannot hide /usr/sbin/sshd (needs root and unshare)")
+    script = f'{mount} -t tmpfs none /usr/sbin && exec "$@"'
+    return [unshare, "-m", "/bin/sh", "-c", script, "sh"]
+
+
 def test_default_setup_script_installs_with_apt(tmp_path: Path) -> None:
     log = tmp_path / "apt.log"
     apt = tmp_path / "apt-get"
     apt.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
     apt.chmod(0o755)
     res = subprocess.run(
-        ["bash", cvs_core.DEFAULT_CONTAINER_SETUP_SCRIPT],
+        [*_without_system_sshd(), BASH, cvs_core.DEFAULT_CONTAINER_SETUP_SCRIPT],
         env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
         capture_output=True,
         text=True,
@@ -178,3 +197,15 @@ def test_default_setup_script_installs_with_apt(tmp_path: Path) -> None:
         "update",
         "install -y --no-install-recommends openssh-server",
     ]
+
+
+def test_default_setup_script_fails_clearly_without_apt(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [*_without_system_sshd(), BASH, cvs_core.DEFAULT_CONTAINER_SETUP_SCRIPT],
+        env={"PATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 1
+    assert "apt-get is not available" in res.stderr

@@ -1,6 +1,6 @@
 """Type stubs for the Rust extension module ``cvs_core._native`` (hand-written)."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from os import PathLike
 from typing import Any
 
@@ -31,6 +31,12 @@ class ScriptTooLargeError(CvsError, ValueError):
 
 class InternalError(CvsError):
     """A Rust panic caught at the boundary: a bug in cvs_core."""
+
+class TransferError(CvsError):
+    """A transfer failed on some hosts; ``results`` has every host, ``paths`` what arrived."""
+
+    results: Results
+    paths: dict[str, str]
 
 # -- constants --------------------------------------------------------------------------------
 
@@ -190,3 +196,137 @@ def quote(s: str) -> str: ...
 def provision_command(script: bytes, *, label: str = "setup script") -> str: ...
 def provision_stdin_command(name: str, *, prefix: str = "sudo") -> str: ...
 def _debug_panic() -> None: ...
+
+# -- parallel SSH -----------------------------------------------------------------------------
+
+_Progress = Callable[[str, str], object]
+
+class HostResult:
+    """One host's outcome of a call (immutable)."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def status(self) -> str:
+        """ok, exit_nonzero, signal, timeout, inactivity_timeout, unreachable, auth_failed,
+        host_key_mismatch, cancelled or error."""
+    @property
+    def exit_code(self) -> int: ...
+    @property
+    def signal(self) -> str | None: ...
+    @property
+    def stdout(self) -> str: ...
+    @property
+    def stderr(self) -> str: ...
+    @property
+    def stdout_bytes(self) -> bytes: ...
+    @property
+    def stderr_bytes(self) -> bytes: ...
+    @property
+    def duration_s(self) -> float: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def path(self) -> str | None: ...
+
+class OutputGroup:
+    """Hosts that produced the same (stdout, status, exit code)."""
+
+    hosts: list[str]
+    status: str
+    exit_code: int
+    stdout: str
+
+class Results:
+    """One HostResult per requested host, in the requested order."""
+
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[HostResult]: ...
+    def __getitem__(self, key: str | int) -> HostResult: ...
+    def __contains__(self, host: str) -> bool: ...
+    @property
+    def hosts(self) -> list[str]: ...
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def failed_hosts(self) -> list[str]: ...
+    @property
+    def elapsed_s(self) -> float: ...
+    def fold(self) -> list[OutputGroup]: ...
+    def summary(self) -> str: ...
+    def to_json(self) -> str: ...
+
+class Cluster:
+    """Parallel SSH to a fixed set of hosts; one OpenSSH master per host, kept across calls."""
+
+    def __init__(
+        self,
+        hosts: Sequence[str],
+        user: str | None = None,
+        key: str | PathLike[str] | None = None,
+        *,
+        port: int | None = None,
+        ssh_config: str | PathLike[str] | None = None,
+        known_hosts: str | PathLike[str] | None = None,
+        host_key_policy: str = "strict",
+        jump_host: str | None = None,
+        connect_timeout: float = 10.0,
+        max_parallel: int | None = None,
+        password: str | None = None,
+        idle_timeout: float = 600.0,
+    ) -> None: ...
+    @classmethod
+    def from_config(cls, config: ClusterConfig, **kwargs: Any) -> Cluster: ...
+    @property
+    def hosts(self) -> list[str]: ...
+    def exec(
+        self,
+        cmd: str,
+        hosts: Sequence[str] | None = None,
+        timeout: float | None = None,
+        inactivity_timeout: float | None = None,
+        stdin: bytes | str | None = None,
+        *,
+        progress: _Progress | None = None,
+    ) -> Results: ...
+    def exec_per_host(
+        self,
+        commands: Mapping[str, str],
+        timeout: float | None = None,
+        inactivity_timeout: float | None = None,
+        stdin: bytes | str | None = None,
+        *,
+        progress: _Progress | None = None,
+    ) -> Results: ...
+    def upload(
+        self,
+        local: str | PathLike[str],
+        remote: str,
+        hosts: Sequence[str] | None = None,
+        timeout: float | None = None,
+        *,
+        progress: _Progress | None = None,
+    ) -> Results: ...
+    def upload_per_host(
+        self,
+        files: Mapping[str, tuple[str | PathLike[str], str]],
+        timeout: float | None = None,
+        *,
+        progress: _Progress | None = None,
+    ) -> Results: ...
+    def download(
+        self,
+        remote: str,
+        local_dir: str | PathLike[str],
+        hosts: Sequence[str] | None = None,
+        timeout: float | None = None,
+        *,
+        check: bool = True,
+        progress: _Progress | None = None,
+    ) -> dict[str, str]: ...
+    def master_pids(self) -> list[int]: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Cluster: ...
+    def __exit__(self, *args: object) -> bool: ...

@@ -444,16 +444,10 @@ impl PyCluster {
         timeout: Option<f64>,
         inactivity_timeout: Option<f64>,
     ) -> PyResult<JobSpec> {
-        if cmd.contains('\0') {
-            return Err(invalid(py, "the command contains a NUL character"));
-        }
-        Ok(JobSpec {
-            cmd,
-            input,
-            stdout_to: OutputTo::Memory,
-            timeout: to_duration(py, "timeout", timeout)?,
-            inactivity_timeout: to_duration(py, "inactivity_timeout", inactivity_timeout)?,
-        })
+        let mut spec = JobSpec::new(cmd, input).py_err(py)?;
+        spec.timeout = to_duration(py, "timeout", timeout)?;
+        spec.inactivity_timeout = to_duration(py, "inactivity_timeout", inactivity_timeout)?;
+        Ok(spec)
     }
 }
 

@@ -41,15 +41,43 @@ pub struct JobSpec {
     pub inactivity_timeout: Option<Duration>,
 }
 
+/// sshd runs a command as one `-c` argument of the login shell, and Linux refuses any single
+/// argument over 128 KiB (MAX_ARG_STRLEN); the mux protocol also caps a request near 256 KiB.
+/// Commands above this size travel on stdin instead (see [`JobSpec::new`]).
+pub const MAX_INLINE_COMMAND: usize = 96 * 1024;
+
 impl JobSpec {
-    pub fn command(cmd: impl Into<String>) -> Self {
-        JobSpec {
-            cmd: cmd.into(),
-            input: Input::None,
+    /// A job for `cmd` with `input` on stdin. A command too large for the command line is sent
+    /// as a script on stdin (saved to a temp file, then run with bash), so command size has no
+    /// practical cap; that needs stdin, so a huge command with its own stdin is refused.
+    pub fn new(cmd: impl Into<String>, input: Input) -> crate::error::Result<Self> {
+        let cmd = cmd.into();
+        if cmd.contains('\0') {
+            return Err(crate::error::Error::InvalidArgument(
+                "the command contains a NUL character".into(),
+            ));
+        }
+        let (cmd, input) = if cmd.len() <= MAX_INLINE_COMMAND {
+            (cmd, input)
+        } else if matches!(input, Input::None) {
+            (
+                crate::render::STDIN_RUNNER.to_owned(),
+                Input::Bytes(Arc::new(cmd.into_bytes())),
+            )
+        } else {
+            return Err(crate::error::Error::InvalidArgument(format!(
+                "a {} byte command cannot travel on the command line (limit {MAX_INLINE_COMMAND}) \
+                 and stdin is already used for data: upload the script and run it instead",
+                cmd.len()
+            )));
+        };
+        Ok(JobSpec {
+            cmd,
+            input,
             stdout_to: OutputTo::Memory,
             timeout: None,
             inactivity_timeout: None,
-        }
+        })
     }
 }
 
