@@ -14,6 +14,9 @@ use crate::config::Lifetime;
 use crate::config::pyrepr::{list_repr, str_repr};
 use crate::error::{Error, Result};
 
+pub mod observe;
+pub mod plan;
+
 #[cfg(test)]
 mod tests;
 
@@ -62,6 +65,10 @@ pub enum DecisionKind {
     /// persistent, all running: call again with the image-SHA probe results. The probe costs
     /// an SSH round trip, so it is only run when its answer can change the decision.
     NeedImageStatus,
+    /// persistent: the running containers were created from another configuration (image, run
+    /// arguments, setup script or sshd port); attaching would run tests in the wrong
+    /// environment, recreating would destroy the overlay, so only an explicit opt-in recreates.
+    RefuseDrift,
 }
 
 impl DecisionKind {
@@ -77,6 +84,7 @@ impl DecisionKind {
             DecisionKind::RefuseImageSkew => "refuse_image_skew",
             DecisionKind::RefuseUnreadableSha => "refuse_unreadable_sha",
             DecisionKind::NeedImageStatus => "need_image_status",
+            DecisionKind::RefuseDrift => "refuse_drift",
         }
     }
 

@@ -20,6 +20,7 @@ fn run_options(
         prefix,
         infiniband_expansion,
         labels: labels.unwrap_or_default(),
+        pull: None,
     }
 }
 

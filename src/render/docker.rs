@@ -24,6 +24,8 @@ pub struct RunOptions {
     pub infiniband_expansion: bool,
     /// `--label k=v` pairs (e.g. to mark containers cvs-core owns), after the run arguments.
     pub labels: Vec<(String, String)>,
+    /// `--pull <policy>` (`missing`, `never`, `always`); `None` leaves docker's default.
+    pub pull: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -32,6 +34,7 @@ impl Default for RunOptions {
             prefix: "sudo".to_owned(),
             infiniband_expansion: false,
             labels: Vec::new(),
+            pull: None,
         }
     }
 }
@@ -90,7 +93,17 @@ fn run_parts(spec: &ContainerSpec, opts: &RunOptions) -> Result<(Vec<String>, Ve
         validate_key("label", k)?;
     }
 
-    let mut argv = docker_words(&opts.prefix, &["run", "-d", "--name", name])?;
+    let mut argv = docker_words(&opts.prefix, &["run", "-d"])?;
+    if let Some(policy) = &opts.pull {
+        if !matches!(policy.as_str(), "missing" | "never" | "always") {
+            return Err(Error::InvalidArgument(format!(
+                "pull policy must be 'missing', 'never' or 'always', got {}",
+                str_repr(policy)
+            )));
+        }
+        argv.extend(["--pull".to_owned(), policy.clone()]);
+    }
+    argv.extend(["--name".to_owned(), name.to_owned()]);
     let mut flags = |flag: &str, values: &[String]| {
         for v in values {
             argv.push(flag.to_owned());
@@ -347,6 +360,7 @@ mod tests {
             prefix: prefix.to_owned(),
             infiniband_expansion: expansion,
             labels: vec![],
+            pull: None,
         }
     }
 
@@ -429,6 +443,7 @@ mod tests {
                 ("cvs.owner".into(), "cvs core".into()),
                 ("cvs.run".into(), "1".into()),
             ],
+            pull: None,
         };
         assert_eq!(
             docker_run_argv(&spec, &o).unwrap(),
@@ -795,7 +810,7 @@ mod tests {
             spec.run_args.devices = devices;
             spec.run_args.network = network;
             spec.run_args.privileged = privileged;
-            let o = RunOptions { prefix, infiniband_expansion: false, labels };
+            let o = RunOptions { prefix, infiniband_expansion: false, labels, pull: None };
             let argv = docker_run_argv(&spec, &o).unwrap();
             let cmd = docker_run_command(&spec, &o).unwrap();
             prop_assert_eq!(shell_words::split(&cmd).unwrap(), argv);

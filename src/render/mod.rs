@@ -7,6 +7,7 @@
 //! exactly CVS's command strings, because CVS logs and tests compare them.
 
 mod docker;
+pub mod lifecycle;
 mod provision;
 mod quote;
 pub mod remote;
