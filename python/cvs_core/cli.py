@@ -1,7 +1,13 @@
 """The ``cvs-core`` command line.
 
-Exit codes: 0 success; 2 invalid configuration or usage (errors are printed with the path of
-each offending field); 1 an unexpected internal error.
+Commands: ``validate`` (resolve and check the configuration), ``plan`` (what ``up`` would do on
+each host and why; changes nothing), ``up`` (set up the containers and their sshd), ``down``
+(remove per_run containers; persistent and no_launch are kept), ``status`` (per-host state), and
+``exec CMD`` (run a command in the containers, or on the hosts with ``--on-host``).
+
+Exit codes: 0 success; 1 the operation failed or was refused on some host; 2 invalid
+configuration or usage (errors are printed with the path of each offending field); 130
+interrupted (Ctrl-C: remote commands are stopped).
 """
 
 from __future__ import annotations
@@ -9,14 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
-from typing import Any
+import time
+from typing import Any, Callable, Sequence
 
 import cvs_core
 
 EXIT_OK = 0
-EXIT_INTERNAL = 1
+EXIT_FAILED = 1
 EXIT_INVALID = 2
+EXIT_INTERRUPTED = 130
 
 
 def _issues(exc: cvs_core.ConfigError) -> list[dict[str, str]]:
@@ -43,27 +50,67 @@ def _summary(cfg: cvs_core.ClusterConfig) -> list[str]:
     return lines
 
 
-def _cmd_validate(args: argparse.Namespace) -> int:
-    cluster_file = args.cluster_file or args.cluster_file_opt
-    if not cluster_file:
-        print("cvs-core validate: a cluster file is required", file=sys.stderr)
-        return EXIT_INVALID
-    try:
-        cfg = cvs_core.load_config(cluster_file, args.config_file)
-    except cvs_core.ConfigError as exc:
-        issues = _issues(exc)
-        if args.json:
-            print(json.dumps({"ok": False, "errors": issues}, indent=2))
-        else:
-            count = len(issues)
-            print(
-                f"cvs-core: invalid configuration ({count} error{'s' if count != 1 else ''}):",
-                file=sys.stderr,
-            )
-            for issue in issues:
-                print(f"  - {issue['message']}", file=sys.stderr)
-        return EXIT_INVALID
+class Progress:
+    """Live per-host progress: one rewritten status line on a terminal, plain lines otherwise."""
 
+    def __init__(self, stream: Any = None, enabled: bool = True) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.phase: dict[str, str] = {}
+        self.last_draw = 0.0
+
+    def __call__(self, host: str, phase: str) -> None:
+        if not self.enabled:
+            return
+        self.phase[host] = phase
+        if not self.tty:
+            print(f"  {host}: {phase}", file=self.stream, flush=True)
+            return
+        now = time.monotonic()
+        if now - self.last_draw < 0.1:
+            return
+        self.last_draw = now
+        counts: dict[str, int] = {}
+        for p in self.phase.values():
+            counts[p] = counts.get(p, 0) + 1
+        parts = " ".join(f"[{p} {n}]" for p, n in counts.items())
+        self.stream.write(f"\r\x1b[2K{len(self.phase)} hosts: {parts}")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.tty and self.phase:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()
+
+
+def _load(args: argparse.Namespace) -> cvs_core.ClusterConfig:
+    cluster_file = getattr(args, "cluster_file", None) or args.cluster_file_opt
+    if not cluster_file:
+        raise cvs_core.ConfigError("a cluster file is required (--cluster-file FILE)")
+    return cvs_core.load_config(cluster_file, args.config_file)
+
+
+def _print_config_error(args: argparse.Namespace, exc: cvs_core.ConfigError) -> int:
+    issues = _issues(exc)
+    if args.json:
+        print(json.dumps({"ok": False, "errors": issues}, indent=2))
+    else:
+        count = len(issues)
+        print(
+            f"cvs-core: invalid configuration ({count} error{'s' if count != 1 else ''}):",
+            file=sys.stderr,
+        )
+        for issue in issues:
+            print(f"  - {issue['message']}", file=sys.stderr)
+    return EXIT_INVALID
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        cfg = _load(args)
+    except cvs_core.ConfigError as exc:
+        return _print_config_error(args, exc)
     resolved: dict[str, Any] = cfg.to_dict()
     if args.json:
         out = {
@@ -89,13 +136,159 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _lifecycle(
+    args: argparse.Namespace, cfg: cvs_core.ClusterConfig
+) -> cvs_core.ContainerLifecycle:
+    return cvs_core.ContainerLifecycle(
+        cfg,
+        ssh_config=args.ssh_config,
+        known_hosts=args.known_hosts,
+        host_key_policy=args.host_key_policy,
+        connect_timeout=args.connect_timeout,
+        pull=getattr(args, "pull", None),
+        recreate=getattr(args, "recreate", False),
+        inline_provision=getattr(args, "inline_provision", False),
+    )
+
+
+def _print_report(report: cvs_core.LifecycleReport, args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    mark = "ok" if report.ok else "FAILED"
+    print(f"{report.op}: {mark} [{report.kind}] {report.message}")
+    width = max((len(h.host) for h in report.hosts), default=4)
+    for h in report.hosts:
+        state = "ok " if h.ok else "ERR"
+        extra = ""
+        if h.container_id:
+            extra = f"  id={h.container_id[:12]}"
+        if h.started_at and report.op == "status":
+            extra += f" started={h.started_at}"
+        print(f"  {state} {h.host:<{width}}  {h.action:<9} {h.detail}{extra}")
+        if h.output and not h.ok:
+            for line in h.output.splitlines()[-10:]:
+                print(f"        | {line}")
+    for w in report.warnings:
+        print(f"  warning: {w}")
+
+
+def _lifecycle_command(
+    run: Callable[
+        [cvs_core.ContainerLifecycle, Progress, argparse.Namespace], list[cvs_core.LifecycleReport]
+    ],
+    many: bool = False,
+) -> Callable[[argparse.Namespace], int]:
+    """A lifecycle command; with ``many`` its JSON output is always a list of reports."""
+
+    def command(args: argparse.Namespace) -> int:
+        try:
+            cfg = _load(args)
+            if cfg.container is None:
+                raise cvs_core.ConfigError(
+                    "this command needs a 'container' block in the configuration"
+                )
+            lifecycle = _lifecycle(args, cfg)
+        except cvs_core.ConfigError as exc:
+            return _print_config_error(args, exc)
+        progress = Progress(enabled=not args.json and not args.quiet)
+        try:
+            reports = run(lifecycle, progress, args)
+        finally:
+            progress.done()
+            lifecycle.cluster.close()
+        if args.json and many:
+            print(json.dumps([r.to_dict() for r in reports], indent=2))
+        else:
+            for r in reports:
+                _print_report(r, args)
+        return EXIT_OK if all(r.ok for r in reports) else EXIT_FAILED
+
+    return command
+
+
+def _up(lifecycle: cvs_core.ContainerLifecycle, progress: Progress, _args: Any) -> list:
+    setup = lifecycle.setup(progress=progress)
+    if not setup.ok:
+        return [setup]
+    return [setup, lifecycle.setup_sshd(progress=progress)]
+
+
+def _cmd_exec(args: argparse.Namespace) -> int:
+    try:
+        cfg = _load(args)
+    except cvs_core.ConfigError as exc:
+        return _print_config_error(args, exc)
+    on_host = args.on_host or cfg.container is None
+    try:
+        if on_host:
+            cluster = cvs_core.Cluster.from_config(
+                cfg,
+                ssh_config=args.ssh_config,
+                known_hosts=args.known_hosts,
+                host_key_policy=args.host_key_policy,
+                connect_timeout=args.connect_timeout,
+            )
+            runner: Any = cluster
+        else:
+            runner = _lifecycle(args, cfg)
+            cluster = runner.cluster
+    except cvs_core.ConfigError as exc:
+        return _print_config_error(args, exc)
+    try:
+        results = runner.exec(args.command, hosts=args.hosts or None, timeout=args.timeout)
+    finally:
+        cluster.close()
+    if args.json:
+        print(results.to_json())
+    else:
+        for group in results.fold():
+            status = "ok" if group.status == "ok" else f"{group.status}, exit {group.exit_code}"
+            print(f"== {', '.join(group.hosts)} ({status}) ==")
+            if group.stdout:
+                print(group.stdout, end="" if group.stdout.endswith("\n") else "\n")
+        for r in results:
+            if not r.ok and (r.stderr or r.error):
+                print(f"[{r.host}] {(r.stderr or r.error).strip()}", file=sys.stderr)
+        print(results.summary(), file=sys.stderr)
+    return EXIT_OK if results.ok else EXIT_FAILED
+
+
+def _add_common(p: argparse.ArgumentParser, positional_cluster: bool = False) -> None:
+    if positional_cluster:
+        p.add_argument("cluster_file", nargs="?", help="cluster JSON file")
+    p.add_argument(
+        "--cluster-file",
+        dest="cluster_file_opt",
+        metavar="FILE",
+        help="cluster JSON file"
+        + (" (same as the positional argument)" if positional_cluster else ""),
+    )
+    p.add_argument("--config-file", metavar="FILE", help="testsuite JSON file (merged on top)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _add_ssh(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ssh-config", metavar="FILE", help="OpenSSH client config (ssh -F)")
+    p.add_argument("--known-hosts", metavar="FILE", help="known_hosts file to check host keys")
+    p.add_argument(
+        "--host-key-policy",
+        choices=["strict", "accept-new", "off"],
+        default="strict",
+        help="host key checking (default: strict)",
+    )
+    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cvs-core",
         description="Run and containerise validation work across GPU clusters over SSH.",
-        epilog="Exit codes: 0 ok, 2 invalid configuration or usage, 1 internal error.",
+        epilog="Exit codes: 0 ok, 1 failed or refused on some host, 2 invalid configuration "
+        "or usage, 130 interrupted.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command_name", metavar="COMMAND")
     sub.required = True
 
     v = sub.add_parser(
@@ -104,13 +297,55 @@ def build_parser() -> argparse.ArgumentParser:
         description="Resolve placeholders, merge the testsuite file, check every field and "
         "print the resolved configuration, or every error with its path (exit 2).",
     )
-    v.add_argument("cluster_file", nargs="?", help="cluster JSON file")
-    v.add_argument(
-        "--cluster-file", dest="cluster_file_opt", metavar="FILE", help=argparse.SUPPRESS
-    )
-    v.add_argument("--config-file", metavar="FILE", help="testsuite JSON file (merged on top)")
-    v.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_common(v, positional_cluster=True)
     v.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("plan", help="show what `up` would do on each host and why (dry run)")
+    _add_common(p)
+    _add_ssh(p)
+    p.set_defaults(func=_lifecycle_command(lambda lc, pr, _a: [lc.plan(progress=pr)]))
+
+    u = sub.add_parser("up", help="set up the containers (per the lifetime) and their sshd")
+    _add_common(u)
+    _add_ssh(u)
+    u.add_argument("--pull", choices=["missing", "never", "always"], help="docker run --pull")
+    u.add_argument(
+        "--recreate",
+        action="store_true",
+        help="recreate persistent containers whose configuration drifted (their overlay is lost)",
+    )
+    u.add_argument(
+        "--inline-provision",
+        action="store_true",
+        help="send the setup script base64-inline like CVS (16 KiB cap) instead of on stdin",
+    )
+    u.set_defaults(func=_lifecycle_command(_up, many=True))
+
+    d = sub.add_parser("down", help="remove per_run containers (persistent/no_launch are kept)")
+    _add_common(d)
+    _add_ssh(d)
+    d.add_argument(
+        "--orphans",
+        action="store_true",
+        help="also remove your per_run containers left behind by crashed runs",
+    )
+    d.set_defaults(
+        func=_lifecycle_command(lambda lc, pr, a: [lc.teardown(orphans=a.orphans, progress=pr)])
+    )
+
+    s = sub.add_parser("status", help="per-host container state")
+    _add_common(s)
+    _add_ssh(s)
+    s.set_defaults(func=_lifecycle_command(lambda lc, pr, _a: [lc.status(progress=pr)]))
+
+    e = sub.add_parser("exec", help="run a command in the containers (or --on-host)")
+    _add_common(e)
+    _add_ssh(e)
+    e.add_argument("command", help="the command (one shell string)")
+    e.add_argument("--on-host", action="store_true", help="run on the hosts, not in containers")
+    e.add_argument("--hosts", nargs="+", metavar="HOST", help="only these hosts")
+    e.add_argument("--timeout", type=float, metavar="S", help="kill the command after S seconds")
+    e.set_defaults(func=_cmd_exec)
     return parser
 
 
@@ -118,9 +353,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print("cvs-core: interrupted; remote commands are being stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except cvs_core.ConfigError as exc:
+        return _print_config_error(args, exc)
     except cvs_core.CvsError as exc:
         print(f"cvs-core: {exc}", file=sys.stderr)
-        return EXIT_INTERNAL
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -430,7 +430,8 @@ mod tests {
     fn persistent_table() {
         use DecisionKind as K;
         use HostAction as A;
-        let cases: Vec<(Vec<Result<Observation, String>>, K, Vec<A>)> = vec![
+        type Case = (Vec<Result<Observation, String>>, K, Vec<A>);
+        let cases: Vec<Case> = vec![
             (
                 vec![host(RUN_A, "A"), host(RUN_A, "A")],
                 K::Attach,

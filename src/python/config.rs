@@ -184,6 +184,9 @@ pub struct PyClusterConfig {
 }
 
 impl PyClusterConfig {
+    pub fn container_spec(&self) -> Option<ContainerSpec> {
+        self.inner.container.clone()
+    }
     pub fn username_str(&self) -> &str {
         &self.inner.username
     }

@@ -4,6 +4,7 @@
 
 mod config;
 mod convert;
+mod driver;
 mod env;
 mod errors;
 mod lifecycle;
@@ -56,6 +57,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
     render::register(m)?;
     ssh::register(m)?;
+    driver::register(m)?;
     m.add_function(wrap_pyfunction!(_debug_panic, m)?)?;
     Ok(())
 }

@@ -26,14 +26,14 @@ use crate::ssh::{
 
 const LOGGER: &str = "cvs_core";
 
-fn invalid(py: Python<'_>, msg: impl Into<String>) -> PyErr {
+pub(crate) fn invalid(py: Python<'_>, msg: impl Into<String>) -> PyErr {
     super::errors::to_pyerr(py, Error::InvalidArgument(msg.into()))
 }
 
 /// Drive `fut` to completion on the runtime with the GIL released, delivering events and
 /// honouring Ctrl-C. On a Python exception (signal, callback error) the call is cancelled and
 /// the exception raised without waiting for the remote kills.
-fn wait<T: Send + 'static>(
+pub(crate) fn wait<T: Send + 'static>(
     py: Python<'_>,
     fut: impl Future<Output = T> + Send + 'static,
     cancel: watch::Sender<bool>,
@@ -109,7 +109,7 @@ fn deliver(
     Ok(())
 }
 
-fn summary(results: &[HostResult], elapsed: Duration) -> String {
+pub(crate) fn summary(results: &[HostResult], elapsed: Duration) -> String {
     let mut counts: Vec<(Status, usize)> = Vec::new();
     for r in results {
         match counts.iter_mut().find(|(s, _)| *s == r.status) {
@@ -130,7 +130,11 @@ fn summary(results: &[HostResult], elapsed: Duration) -> String {
     )
 }
 
-fn to_duration(py: Python<'_>, what: &str, secs: Option<f64>) -> PyResult<Option<Duration>> {
+pub(crate) fn to_duration(
+    py: Python<'_>,
+    what: &str,
+    secs: Option<f64>,
+) -> PyResult<Option<Duration>> {
     match secs {
         None => Ok(None),
         Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
@@ -264,7 +268,11 @@ pub struct PyResults {
 }
 
 impl PyResults {
-    fn new(results: Vec<HostResult>, paths: Vec<Option<String>>, elapsed: Duration) -> Self {
+    pub(crate) fn new(
+        results: Vec<HostResult>,
+        paths: Vec<Option<String>>,
+        elapsed: Duration,
+    ) -> Self {
         let index = results
             .iter()
             .enumerate()
@@ -388,7 +396,7 @@ impl PyResults {
 /// Parallel SSH to a fixed set of hosts, one OpenSSH master per host kept across calls.
 #[pyclass(frozen, module = "cvs_core", name = "Cluster")]
 pub struct PyCluster {
-    inner: Arc<ssh::Cluster>,
+    pub(crate) inner: Arc<ssh::Cluster>,
 }
 
 struct Call {
@@ -451,7 +459,7 @@ impl PyCluster {
     }
 }
 
-fn path_string(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<String> {
+pub(crate) fn path_string(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<String> {
     py.import("os")?.getattr("fspath")?.call1((obj,))?.extract()
 }
 

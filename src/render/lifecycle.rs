@@ -26,7 +26,8 @@ fn docker(prefix: &str, rest: &[&str]) -> Result<String> {
 /// `lifecycle::observe::parse_probe`): privilege (root, passwordless sudo, or none), home,
 /// default devices present, docker reachable, the container (state, ID, start time, image,
 /// labels), the tag's local image ID, and whether something listens on the sshd port.
-pub fn probe_script(name: &str, image: &str, sshd_port: u16) -> Result<String> {
+/// `devices` are reported when they exist on the host (`dev=<path>` lines).
+pub fn probe_script(name: &str, image: &str, sshd_port: u16, devices: &[String]) -> Result<String> {
     validate_container_name(name)?;
     let n = quote(name)?;
     let i = quote(image)?;
@@ -37,14 +38,24 @@ pub fn probe_script(name: &str, image: &str, sshd_port: u16) -> Result<String> {
          {{{{index .Config.Labels \"{LABEL_RUN_ID}\"}}}}|\
          {{{{index .Config.Labels \"{LABEL_OWNER}\"}}}}|"
     ))?;
-    let devices = PROBED_DEVICES.join(" ");
+    let mut quoted = Vec::with_capacity(devices.len());
+    for d in devices {
+        quoted.push(quote(d)?);
+    }
+    let device_loop = if quoted.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "for d in {}; do [ -e \"$d\" ] && echo \"dev=$d\"; done\n",
+            quoted.join(" ")
+        )
+    };
     Ok(format!(
         r#"if [ "$(id -u)" = 0 ]; then P=; echo priv=root
 elif sudo -n true >/dev/null 2>&1; then P="sudo -n"; echo priv=sudo
 else echo priv=none; exit 0; fi
 echo "home=$HOME"
-for d in {devices}; do [ -e "$d" ] && echo "dev=$d"; done
-if ! v=$($P docker version --format '{{{{.Server.Version}}}}' 2>&1); then
+{device_loop}if ! v=$($P docker version --format '{{{{.Server.Version}}}}' 2>&1); then
   echo "docker=$(printf '%s' "$v" | tr '\n' ' ' | cut -c1-200)"; exit 0; fi
 echo docker=up
 if out=$($P docker inspect --type container --format {fmt} {n} 2>&1); then echo "$out"
@@ -143,7 +154,8 @@ mod tests {
 
     #[test]
     fn probe_quotes_values_and_reports_every_key() {
-        let s = probe_script("c1", "img:1", 2224).unwrap();
+        let devs: Vec<String> = PROBED_DEVICES.iter().map(|d| (*d).to_owned()).collect();
+        let s = probe_script("c1", "img:1", 2224, &devs).unwrap();
         for want in [
             "echo priv=root",
             "docker inspect --type container --format 'container={{.State.Status}}|{{.Id}}",
@@ -155,8 +167,8 @@ mod tests {
         ] {
             assert!(s.contains(want), "{want} not in:\n{s}");
         }
-        assert!(probe_script("-x", "i", 1).is_err());
-        let odd = probe_script("c1", "we'ird$(x)", 2224).unwrap();
+        assert!(probe_script("-x", "i", 1, &[]).is_err());
+        let odd = probe_script("c1", "we'ird$(x)", 2224, &[]).unwrap();
         assert!(odd.contains(r#"'we'"'"'ird$(x)'"#));
     }
 

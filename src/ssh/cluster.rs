@@ -22,6 +22,8 @@ pub enum Phase {
     Connected,
     Running,
     Done,
+    /// A named step of a multi-step operation (probe, launch, provision, sshd...).
+    Step(&'static str),
 }
 
 impl Phase {
@@ -31,6 +33,7 @@ impl Phase {
             Phase::Connected => "connected",
             Phase::Running => "running",
             Phase::Done => "done",
+            Phase::Step(name) => name,
         }
     }
 }
@@ -48,7 +51,7 @@ pub struct Event {
 
 pub type EventSink = mpsc::UnboundedSender<Event>;
 
-fn emit(
+pub(crate) fn emit(
     sink: &Option<EventSink>,
     host: &str,
     phase: Phase,
@@ -397,6 +400,85 @@ impl Cluster {
         results
     }
 
+    /// Start `cmd` on `host` and keep it running until the returned holder is dropped: used to
+    /// hold a remote lock for the duration of a multi-step operation. Waits until the command
+    /// prints `ready` on a line (or fails with its output).
+    pub async fn hold(
+        &self,
+        host: &str,
+        cmd: &str,
+        ready: &str,
+        wait: Duration,
+    ) -> std::result::Result<Holder, HostResult> {
+        let started = Instant::now();
+        let slot = self.slots.get(host).cloned().ok_or_else(|| {
+            HostResult::failed(host, Status::Error, "unknown host", Duration::ZERO)
+        })?;
+        let m = self.master_for(host, &slot, &None).await?;
+        let mut command = openssh::Session::to_raw_command(m.session.clone(), cmd);
+        command
+            .stdin(openssh::Stdio::piped())
+            .stdout(openssh::Stdio::piped())
+            .stderr(openssh::Stdio::piped());
+        let mut child = command.spawn().await.map_err(|e| {
+            HostResult::failed(
+                host,
+                Status::Error,
+                format!("cannot start: {e}"),
+                started.elapsed(),
+            )
+        })?;
+        let stdin = child.stdin().take();
+        let mut stdout = child.stdout().take();
+        let mut stderr = child.stderr().take();
+        let read = async {
+            use tokio::io::AsyncReadExt;
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 256];
+            if let Some(out) = stdout.as_mut() {
+                loop {
+                    let n = out.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return Err(seen);
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    if seen.split(|b| *b == b'\n').any(|l| l == ready.as_bytes()) {
+                        return Ok(());
+                    }
+                }
+            }
+            Err(seen)
+        };
+        match tokio::time::timeout(wait, read).await {
+            Ok(Ok(())) => Ok(Holder {
+                _stdin: stdin,
+                _child: child,
+            }),
+            outcome => {
+                let mut err = Vec::new();
+                if let Some(e) = stderr.as_mut() {
+                    use tokio::io::AsyncReadExt;
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(200), e.read_to_end(&mut err))
+                            .await;
+                }
+                let why = match outcome {
+                    Err(_) => format!("not ready after {}s", wait.as_secs()),
+                    _ => format!(
+                        "ended before ready: {}",
+                        String::from_utf8_lossy(&err).trim()
+                    ),
+                };
+                Err(HostResult::failed(
+                    host,
+                    Status::Error,
+                    why,
+                    started.elapsed(),
+                ))
+            }
+        }
+    }
+
     /// PIDs of the live masters (for resource accounting and tests).
     pub async fn master_pids(&self) -> Vec<u32> {
         let mut pids = Vec::new();
@@ -426,6 +508,14 @@ impl Cluster {
         while closing.join_next().await.is_some() {}
         let _ = std::fs::remove_dir_all(&self.control_dir);
     }
+}
+
+/// A remote command kept running (see [`Cluster::hold`]); dropping it closes the command's stdin
+/// and channel, which ends it on the host.
+pub struct Holder {
+    // Field order is drop order: stdin first (EOF ends the remote command), then the channel.
+    _stdin: Option<openssh::ChildStdin>,
+    _child: openssh::Child<Arc<openssh::Session>>,
 }
 
 impl Drop for Cluster {

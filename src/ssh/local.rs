@@ -11,3 +11,13 @@ pub fn read_config_file(path: &str) -> Result<String> {
         ))
     })
 }
+
+/// Read a local file's bytes (the setup script), naming it in the error.
+pub fn read_file_bytes(path: &str, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        Error::config(Issue::verbatim(
+            "",
+            format!("Cannot read {what} '{path}': {e}"),
+        ))
+    })
+}

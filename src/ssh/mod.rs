@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod job;
+pub mod lifecycle;
 pub mod local;
 pub mod master;
 pub mod options;

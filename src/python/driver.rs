@@ -1,0 +1,428 @@
+//! `ContainerLifecycle`: the native container driver in Python.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use tokio::sync::{mpsc, watch};
+
+use super::config::PyClusterConfig;
+use super::errors::{IntoPyResult, guard};
+use super::ssh::{PyCluster, PyResults, invalid, to_duration, wait};
+use crate::ssh::lifecycle::{Driver, HostReport, LifecycleOptions, Report};
+use crate::ssh::{self, EventSink, Input, JobSpec};
+
+/// One host's part of a lifecycle operation.
+#[pyclass(frozen, module = "cvs_core", name = "HostReport")]
+pub struct PyHostReport {
+    inner: HostReport,
+}
+
+#[pymethods]
+impl PyHostReport {
+    #[getter]
+    fn host(&self) -> &str {
+        &self.inner.host
+    }
+    /// attach, start, launch, recreate, verify, refuse (plan/setup); skip/start (sshd);
+    /// remove/keep (teardown); status.
+    #[getter]
+    fn action(&self) -> &str {
+        &self.inner.action
+    }
+    #[getter]
+    fn ok(&self) -> bool {
+        self.inner.ok
+    }
+    #[getter]
+    fn detail(&self) -> &str {
+        &self.inner.detail
+    }
+    #[getter]
+    fn container_id(&self) -> &str {
+        &self.inner.container_id
+    }
+    #[getter]
+    fn started_at(&self) -> &str {
+        &self.inner.started_at
+    }
+    #[getter]
+    fn container_image(&self) -> &str {
+        &self.inner.container_image
+    }
+    #[getter]
+    fn local_image(&self) -> &str {
+        &self.inner.local_image
+    }
+    #[getter]
+    fn config_hash(&self) -> &str {
+        &self.inner.config_hash
+    }
+    #[getter]
+    fn running(&self) -> bool {
+        self.inner.running
+    }
+    #[getter]
+    fn sshd_up(&self) -> bool {
+        self.inner.sshd_up
+    }
+    #[getter]
+    fn output(&self) -> &str {
+        &self.inner.output
+    }
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        host_dict(py, &self.inner)
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "HostReport(host={:?}, action={:?}, ok={}, detail={:?})",
+            self.inner.host, self.inner.action, self.inner.ok, self.inner.detail
+        )
+    }
+}
+
+fn host_dict<'py>(py: Python<'py>, h: &HostReport) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("host", &h.host)?;
+    d.set_item("action", &h.action)?;
+    d.set_item("ok", h.ok)?;
+    d.set_item("detail", &h.detail)?;
+    d.set_item("container_id", &h.container_id)?;
+    d.set_item("started_at", &h.started_at)?;
+    d.set_item("container_image", &h.container_image)?;
+    d.set_item("local_image", &h.local_image)?;
+    d.set_item("config_hash", &h.config_hash)?;
+    d.set_item("running", h.running)?;
+    d.set_item("sshd_up", h.sshd_up)?;
+    d.set_item("output", &h.output)?;
+    Ok(d)
+}
+
+/// The outcome of plan/setup/setup_sshd/teardown/status: per-host detail and a one-line
+/// summary.
+#[pyclass(frozen, module = "cvs_core", name = "LifecycleReport")]
+pub struct PyLifecycleReport {
+    inner: Report,
+}
+
+#[pymethods]
+impl PyLifecycleReport {
+    #[getter]
+    fn op(&self) -> &str {
+        self.inner.op
+    }
+    /// The decision: launch, attach, verify_ok, verify_failed, refuse_partial,
+    /// refuse_probe_failed, refuse_image_skew, refuse_unreadable_sha, refuse_drift, or an
+    /// outcome such as launch_failed, provision_failed, sshd_ready, removed, kept, status.
+    #[getter]
+    fn kind(&self) -> &str {
+        &self.inner.kind
+    }
+    #[getter]
+    fn ok(&self) -> bool {
+        self.inner.ok
+    }
+    #[getter]
+    fn message(&self) -> &str {
+        &self.inner.message
+    }
+    #[getter]
+    fn warnings(&self) -> Vec<String> {
+        self.inner.warnings.clone()
+    }
+    #[getter]
+    fn elapsed_s(&self) -> f64 {
+        self.inner.elapsed.as_secs_f64()
+    }
+    #[getter]
+    fn hosts(&self) -> Vec<PyHostReport> {
+        self.inner
+            .hosts
+            .iter()
+            .map(|h| PyHostReport { inner: h.clone() })
+            .collect()
+    }
+    fn __getitem__(&self, host: &str) -> PyResult<PyHostReport> {
+        self.inner
+            .hosts
+            .iter()
+            .find(|h| h.host == host)
+            .map(|h| PyHostReport { inner: h.clone() })
+            .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(host.to_owned()))
+    }
+    fn __bool__(&self) -> bool {
+        self.inner.ok
+    }
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("op", self.inner.op)?;
+        d.set_item("kind", &self.inner.kind)?;
+        d.set_item("ok", self.inner.ok)?;
+        d.set_item("message", &self.inner.message)?;
+        d.set_item("warnings", self.inner.warnings.clone())?;
+        d.set_item("elapsed_s", self.inner.elapsed.as_secs_f64())?;
+        let hosts = PyList::empty(py);
+        for h in &self.inner.hosts {
+            hosts.append(host_dict(py, h)?)?;
+        }
+        d.set_item("hosts", hosts)?;
+        Ok(d)
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "LifecycleReport(op={:?}, kind={:?}, ok={}, message={:?})",
+            self.inner.op, self.inner.kind, self.inner.ok, self.inner.message
+        )
+    }
+}
+
+/// Run, attach to, check and remove the per-node containers of a `ClusterConfig`.
+#[pyclass(frozen, module = "cvs_core", name = "ContainerLifecycle")]
+pub struct PyContainerLifecycle {
+    driver: Arc<Driver>,
+    cluster: Py<PyCluster>,
+}
+
+fn default_run_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("{now:x}-{:x}", std::process::id())
+}
+
+impl PyContainerLifecycle {
+    fn call(
+        &self,
+        py: Python<'_>,
+        progress: Option<&Bound<'_, PyAny>>,
+        op: impl FnOnce(
+            Arc<Driver>,
+            Option<EventSink>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Report> + Send>>,
+    ) -> PyResult<PyLifecycleReport> {
+        let (cancel_tx, _cancel_rx) = watch::channel(false);
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let fut = op(self.driver.clone(), Some(ev_tx));
+        let report = wait(py, fut, cancel_tx, ev_rx, progress)?;
+        let logger = py
+            .import("logging")?
+            .call_method1("getLogger", ("cvs_core",))?;
+        let level = if report.ok { "info" } else { "error" };
+        logger.call_method1(level, (format!("{}: {}", report.op, report.message),))?;
+        for w in &report.warnings {
+            logger.call_method1("warning", (w.as_str(),))?;
+        }
+        Ok(PyLifecycleReport { inner: report })
+    }
+}
+
+#[pymethods]
+impl PyContainerLifecycle {
+    #[new]
+    #[pyo3(signature = (config, *, cluster = None, ssh_config = None, known_hosts = None,
+        host_key_policy = "strict", connect_timeout = 10.0, pull = None, start_timeout = 900.0,
+        sshd_port = 2224, recreate = false, run_id = None, owner = None, inline_provision = false,
+        lock = true))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        config: Bound<'_, PyClusterConfig>,
+        cluster: Option<Py<PyCluster>>,
+        ssh_config: Option<&Bound<'_, PyAny>>,
+        known_hosts: Option<&Bound<'_, PyAny>>,
+        host_key_policy: &str,
+        connect_timeout: f64,
+        pull: Option<String>,
+        start_timeout: f64,
+        sshd_port: u16,
+        recreate: bool,
+        run_id: Option<String>,
+        owner: Option<String>,
+        inline_provision: bool,
+        lock: bool,
+    ) -> PyResult<Self> {
+        guard(py, || {
+            let spec = config
+                .get()
+                .container_spec()
+                .ok_or_else(|| invalid(py, "the configuration has no container block"))?;
+            let script =
+                crate::ssh::local::read_file_bytes(&spec.setup_script, "container setup_script")
+                    .py_err(py)?;
+            let cluster = match cluster {
+                Some(c) => c,
+                None => {
+                    let kw = PyDict::new(py);
+                    kw.set_item("ssh_config", ssh_config)?;
+                    kw.set_item("known_hosts", known_hosts)?;
+                    kw.set_item("host_key_policy", host_key_policy)?;
+                    kw.set_item("connect_timeout", connect_timeout)?;
+                    let cls = py.get_type::<PyCluster>();
+                    let obj = cls.call_method("from_config", (&config,), Some(&kw))?;
+                    obj.cast_into::<PyCluster>()?.unbind()
+                }
+            };
+            let owner = match owner {
+                Some(o) => o,
+                None => py.import("getpass")?.call_method0("getuser")?.extract()?,
+            };
+            let opts = LifecycleOptions {
+                pull,
+                start_timeout: to_duration(py, "start_timeout", Some(start_timeout))?
+                    .unwrap_or(Duration::from_secs(900)),
+                sshd_port,
+                recreate,
+                run_id: run_id.unwrap_or_else(default_run_id),
+                owner,
+                inline_provision,
+                lock,
+                ..LifecycleOptions::default()
+            };
+            let inner = cluster.get().inner.clone();
+            let driver = Driver::new(inner, spec, script, opts).py_err(py)?;
+            Ok(PyContainerLifecycle {
+                driver: Arc::new(driver),
+                cluster,
+            })
+        })
+    }
+
+    /// The `cvs.config-hash` label this configuration gives its containers.
+    #[getter]
+    fn config_hash(&self) -> &str {
+        self.driver.config_hash()
+    }
+
+    /// The `Cluster` the driver runs on (share it for host-level commands).
+    #[getter]
+    fn cluster(&self, py: Python<'_>) -> Py<PyCluster> {
+        self.cluster.clone_ref(py)
+    }
+
+    /// What `setup()` would do on each host and why; changes nothing.
+    #[pyo3(signature = (*, progress = None))]
+    fn plan(
+        &self,
+        py: Python<'_>,
+        progress: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyLifecycleReport> {
+        guard(py, || {
+            self.call(py, progress, |d, ev| {
+                Box::pin(async move { d.plan(&ev).await })
+            })
+        })
+    }
+
+    /// Launch, start or attach per the lifetime; provision fresh containers.
+    #[pyo3(signature = (*, progress = None))]
+    fn setup(
+        &self,
+        py: Python<'_>,
+        progress: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyLifecycleReport> {
+        guard(py, || {
+            self.call(py, progress, |d, ev| {
+                Box::pin(async move { d.setup(&ev).await })
+            })
+        })
+    }
+
+    /// Start the in-container sshd where it is not running and prove it answers.
+    #[pyo3(signature = (*, progress = None))]
+    fn setup_sshd(
+        &self,
+        py: Python<'_>,
+        progress: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyLifecycleReport> {
+        guard(py, || {
+            self.call(py, progress, |d, ev| {
+                Box::pin(async move { d.setup_sshd(&ev).await })
+            })
+        })
+    }
+
+    /// Remove per_run containers (persistent and no_launch are kept); `orphans` also removes
+    /// this owner's per_run containers left by crashed runs.
+    #[pyo3(signature = (*, orphans = false, progress = None))]
+    fn teardown(
+        &self,
+        py: Python<'_>,
+        orphans: bool,
+        progress: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyLifecycleReport> {
+        guard(py, || {
+            self.call(py, progress, move |d, ev| {
+                Box::pin(async move { d.teardown(orphans, &ev).await })
+            })
+        })
+    }
+
+    /// Per-host state: running, container ID, started-at, images, config hash, sshd.
+    #[pyo3(signature = (*, progress = None))]
+    fn status(
+        &self,
+        py: Python<'_>,
+        progress: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyLifecycleReport> {
+        guard(py, || {
+            self.call(py, progress, |d, ev| {
+                Box::pin(async move { d.status(&ev).await })
+            })
+        })
+    }
+
+    /// Run `cmd` inside the container on every host (or `hosts`) with `bash -c`.
+    #[pyo3(signature = (cmd, hosts = None, timeout = None, *, progress = None))]
+    fn exec(
+        &self,
+        py: Python<'_>,
+        cmd: String,
+        hosts: Option<Vec<String>>,
+        timeout: Option<f64>,
+        progress: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyResults> {
+        guard(py, || {
+            let cluster = self.driver.cluster().clone();
+            let hosts = hosts.unwrap_or_else(|| cluster.hosts().to_vec());
+            cluster
+                .check_hosts(hosts.iter().map(String::as_str))
+                .py_err(py)?;
+            let timeout = to_duration(py, "timeout", timeout)?;
+            let driver = self.driver.clone();
+            let (cancel_tx, cancel_rx) = watch::channel(false);
+            let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+            let started = std::time::Instant::now();
+            let fut = async move {
+                let ev = Some(ev_tx);
+                let cmds = driver.exec_jobs(&hosts, &cmd, &ev).await?;
+                let mut jobs = Vec::with_capacity(cmds.len());
+                for (h, c) in cmds {
+                    let mut j = JobSpec::new(c, Input::None)?;
+                    j.timeout = timeout;
+                    jobs.push((h, j));
+                }
+                Ok::<_, crate::error::Error>(cluster.run_many(jobs, ev, cancel_rx).await)
+            };
+            let results = wait(py, fut, cancel_tx, ev_rx, progress)?.py_err(py)?;
+            let n = results.len();
+            Ok(PyResults::new(results, vec![None; n], started.elapsed()))
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "ContainerLifecycle(config_hash={:?})",
+            self.driver.config_hash()
+        )
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyContainerLifecycle>()?;
+    m.add_class::<PyLifecycleReport>()?;
+    m.add_class::<PyHostReport>()?;
+    let _ = ssh::Status::Ok;
+    Ok(())
+}
