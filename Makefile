@@ -8,7 +8,7 @@ PYTHON ?= python3
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 
-.PHONY: help dev test test-rust test-python lint fmt demo wheel clean
+.PHONY: help dev test test-rust test-python lint fmt demo bench wheel clean
 
 help: ## Show the targets and what they do
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -43,6 +43,11 @@ fmt: $(PY) ## Format Rust and Python sources
 
 demo: dev ## Main job on the embedded default: resolve and validate the sample cluster file
 	$(VENV)/bin/cvs-core validate examples/cluster_container.json
+
+bench: dev ## Fan-out benchmark: cvs_core vs parallel-ssh (prints a table, writes JSON)
+	$(VENV)/bin/maturin develop --release -q  # timings of a debug build mean nothing
+	$(PY) -m pip install -q 'parallel-ssh==2.16.*'
+	$(PY) benchmarks/fanout.py $(BENCH_ARGS)
 
 wheel: $(PY) ## Build a release abi3 wheel into dist/
 	$(VENV)/bin/maturin build --release -o dist
