@@ -276,7 +276,7 @@ impl Cluster {
         if guard.as_ref().is_some_and(|m| Arc::ptr_eq(m, dead)) {
             *guard = None;
             if let Some(pid) = dead.pid {
-                master::terminate_pid(pid, Duration::from_millis(200)).await;
+                master::terminate_pid(pid, &dead.ctl, Duration::from_millis(200)).await;
             }
         }
     }
@@ -527,7 +527,7 @@ impl Drop for Cluster {
                 && let Some(m) = guard.take()
                 && let Some(pid) = m.pid
             {
-                master::terminate_pid_now(pid);
+                master::terminate_pid_now(pid, &m.ctl);
             }
         }
         let _ = std::fs::remove_dir_all(&self.control_dir);

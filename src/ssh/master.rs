@@ -148,26 +148,50 @@ pub async fn close(master: &Master) {
         let _ = conn.request_stop_listening().await;
     }
     if let Some(pid) = master.pid {
-        terminate_pid(pid, Duration::from_millis(500)).await;
+        terminate_pid(pid, &master.ctl, Duration::from_millis(500)).await;
     }
     let _ = std::fs::remove_file(master.ctl.with_extension("log"));
 }
 
+/// Whether `pid` is a live process. A master is a daemon (`ssh -f`), reaped by init; where init
+/// is slow to reap, an exited master lingers as a zombie, which `kill(pid, 0)` still accepts.
+/// Only a live process whose command line names our control socket is ours to signal: a PID
+/// alone could have been reused by another process since the master exited.
+fn ours(pid: u32, ctl: &Path) -> bool {
+    running(pid)
+        && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
+            let ctl = ctl.as_os_str().as_encoded_bytes();
+            cmd.split(|b| *b == 0).any(|arg| arg == ctl)
+        })
+}
+
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
 /// SIGTERM `pid` (a master we launched), SIGKILL if it is still there after `grace`.
-pub async fn terminate_pid(pid: u32, grace: Duration) {
-    let Ok(pid) = i32::try_from(pid) else { return };
+pub async fn terminate_pid(pid: u32, ctl: &Path, grace: Duration) {
+    if !ours(pid, ctl) {
+        return;
+    }
+    let Ok(raw) = i32::try_from(pid) else { return };
     // SAFETY: kill(2) with a PID we obtained from our own master; no memory is involved.
-    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+    if unsafe { libc::kill(raw, libc::SIGTERM) } != 0 {
         return;
     }
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
-        // SAFETY: signal 0 only checks for existence.
-        if unsafe { libc::kill(pid, 0) } != 0 {
+        if !running(pid) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let pid = raw;
     // SAFETY: as above.
     unsafe {
         libc::kill(pid, libc::SIGKILL);
@@ -175,7 +199,10 @@ pub async fn terminate_pid(pid: u32, grace: Duration) {
 }
 
 /// Synchronous best-effort stop for `Drop` paths (no runtime needed).
-pub fn terminate_pid_now(pid: u32) {
+pub fn terminate_pid_now(pid: u32, ctl: &Path) {
+    if !ours(pid, ctl) {
+        return;
+    }
     if let Ok(pid) = i32::try_from(pid) {
         // SAFETY: kill(2) on a master PID we launched.
         unsafe {
