@@ -1,0 +1,371 @@
+"""CVS's ``cvs.core.orchestrators.baremetal``: commands run on the hosts themselves.
+
+Seams kept from CVS (callers and tests rely on them):
+
+- ``Pssh`` is this module's global, looked up when an orchestrator is built, so
+  ``mock.patch("...orchestrators.baremetal.Pssh")`` works. ``__init__`` calls it exactly twice
+  (``head`` over ``[hosts[0]]``, then ``all``) with CVS's arguments.
+- Full-cluster calls go through ``self.all.exec(cmd, timeout=..., detailed=...)`` with keywords.
+  ``print_console`` (CVS main) is forwarded only when it is not the default, so callers that
+  assert fa4ca32e's exact call still match.
+
+Fixed here (contract §9):
+
+- A host subset no longer leaks a connection handle per call (§9.2). Handles of the cvs_core
+  engine are kept per subset (bounded, closed by ``cleanup()``/``close()``) and reused, so a
+  readiness loop polling one host opens one connection, not one per poll. A substituted
+  ``Pssh`` (a test double, another transport) is used the way CVS main does: built for the
+  call, then ``destroy_clients()`` in ``finally``.
+- ``build_mpi_cmd`` checks that the stale hostfile was removed and the new one written (CVS
+  main's errors) instead of launching mpirun against a missing or stale hostfile.
+- ``exec(hosts=[])`` runs nowhere (``{}``): CVS's falsy test turned "no hosts" into "all hosts".
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from cvs_core.compat.parallel_ssh_lib import Pssh
+
+from .base import Orchestrator
+
+# The engine's own class, captured before anyone patches the module global: only handles of
+# this class are known to hold reusable connections and to be safe to share between threads.
+_ENGINE_PSSH: type = Pssh
+
+MPI_HOSTFILE = "/tmp/mpi_hosts.txt"
+# CVS main's cvs.lib.utils_lib.get_passwordless_sudo_status probe.
+SUDO_PROBE_CMD = "sudo -n true >/dev/null 2>&1; echo $?"
+# Distinct host subsets whose handles are kept; the least recently used one is closed beyond.
+MAX_SUBSET_HANDLES = 16
+
+
+def _console_kw(print_console: Any) -> dict[str, Any]:
+    """CVS main's ``print_console`` keyword, only when the caller changed it."""
+    return {} if print_console is True else {"print_console": print_console}
+
+
+def _exit_code(entry: Any) -> int:
+    """A detailed result's exit code; anything unreadable is -1 (unknown), never success."""
+    if isinstance(entry, dict):
+        code = entry.get("exit_code")
+        return code if isinstance(code, int) else -1
+    return -1
+
+
+def _failed_hosts(results: Any) -> list[str]:
+    if not isinstance(results, dict):
+        return []
+    return [h for h, r in results.items() if _exit_code(r) != 0]
+
+
+def _destroy(handle: Any, log: Any) -> None:
+    destroy = getattr(handle, "destroy_clients", None)
+    if not callable(destroy):
+        return
+    try:
+        destroy()
+    except Exception as exc:  # closing must never hide the command's own outcome
+        log.debug(f"destroy_clients failed: {exc}")
+
+
+def _last_line(output: Any) -> str:
+    if isinstance(output, dict):
+        output = output.get("output", "")
+    lines = str(output or "").strip().splitlines()
+    return lines[-1].strip() if lines else ""
+
+
+def _args_text(args: Any) -> str:
+    if not args:
+        return ""
+    if isinstance(args, str):
+        return args
+    return " ".join(str(a) for a in args)
+
+
+class BaremetalOrchestrator(Orchestrator):
+    """Runs commands on the cluster's hosts over SSH (CVS's baremetal backend)."""
+
+    def __init__(self, log: Any, config: Any, stop_on_errors: bool = False) -> None:
+        super().__init__(log, config, stop_on_errors)
+        self.orchestrator_type = "baremetal"
+        # Used only in mpirun's rsh arguments (the container orchestrator's sshd port).
+        self.ssh_port = 22
+        node_dict = config.get("node_dict")
+        if node_dict is None:
+            raise ValueError("node_dict must be provided in configuration")
+        if isinstance(node_dict, dict):
+            self.hosts = list(node_dict.keys())
+        else:
+            self.hosts = [n.get("mgmt_ip") for n in node_dict]
+        if not self.hosts:
+            raise ValueError("node_dict has no hosts")
+        # CVS ignores head_node_dict: the head is always the first host.
+        self.head_node = self.hosts[0]
+        self.user = config.get("username")
+        self.pkey = config.get("priv_key_file")
+        self.password = config.get("password")
+        # CVS main's sudo_prefix() cache: None = not probed yet.
+        self._needs_sudo: bool | None = None
+        self._sudo_unknown = False
+        self._subset_handles: OrderedDict[tuple[str, ...], Any] = OrderedDict()
+        self._subset_lock = threading.Lock()
+        self.head = Pssh(
+            log,
+            [self.head_node],
+            user=self.user,
+            password=self.password,
+            pkey=self.pkey,
+            host_key_check=False,
+            stop_on_errors=self.stop_on_errors,
+        )
+        self.all = Pssh(
+            log,
+            self.hosts,
+            user=self.user,
+            password=self.password,
+            pkey=self.pkey,
+            host_key_check=False,
+            stop_on_errors=self.stop_on_errors,
+        )
+
+    # -- command execution -----------------------------------------------------------------
+    def exec(
+        self,
+        cmd: str,
+        hosts: Sequence[str] | None = None,
+        timeout: float | None = None,
+        detailed: bool = False,
+        print_console: bool = True,
+    ) -> Any:
+        """Run ``cmd`` on ``hosts`` (all hosts when None)."""
+        if hosts is None or set(hosts) == set(self.hosts):
+            return self.all.exec(
+                cmd, timeout=timeout, detailed=detailed, **_console_kw(print_console)
+            )
+        if not hosts:
+            return {}
+        return self._exec_subset(cmd, hosts, timeout, detailed, print_console)
+
+    def exec_on_host(
+        self,
+        cmd: str,
+        hosts: Sequence[str] | None = None,
+        timeout: float | None = None,
+        detailed: bool = False,
+        print_console: bool = True,
+    ) -> Any:
+        """Run ``cmd`` on the host OS, also for the container orchestrator (CVS main)."""
+        return BaremetalOrchestrator.exec(
+            self, cmd, hosts=hosts, timeout=timeout, detailed=detailed, print_console=print_console
+        )
+
+    def exec_on_head(
+        self,
+        cmd: str,
+        timeout: float | None = None,
+        detailed: bool = False,
+        print_console: bool = True,
+    ) -> Any:
+        return self.head.exec(cmd, timeout=timeout, detailed=detailed, **_console_kw(print_console))
+
+    def exec_cmd_list(
+        self, cmd_list: Sequence[str], timeout: float | None = None, print_console: bool = True
+    ) -> Any:
+        """``cmd_list[i]`` on host ``i`` (the Pssh convention); ``{host: str}``."""
+        return self.all.exec_cmd_list(cmd_list, timeout=timeout, **_console_kw(print_console))
+
+    def _exec_subset(
+        self,
+        cmd: str,
+        hosts: Sequence[str],
+        timeout: float | None,
+        detailed: bool,
+        print_console: Any,
+    ) -> Any:
+        handle, temporary = self._subset_handle(hosts)
+        try:
+            return handle.exec(
+                cmd, timeout=timeout, detailed=detailed, **_console_kw(print_console)
+            )
+        finally:
+            if temporary:
+                _destroy(handle, self.log)
+
+    def _subset_handle(self, hosts: Sequence[str]) -> tuple[Any, bool]:
+        """A handle over ``hosts`` and whether the caller must destroy it after one use."""
+        key = tuple(hosts)
+        with self._subset_lock:
+            cached = self._subset_handles.get(key)
+            if cached is not None:
+                self._subset_handles.move_to_end(key)
+                return cached, False
+        handle = Pssh(
+            self.log,
+            hosts,
+            user=self.user,
+            password=self.password,
+            pkey=self.pkey,
+            host_key_check=False,
+            stop_on_errors=self.stop_on_errors,
+        )
+        # type(), not isinstance: a Mock(spec=Pssh) claims to be one.
+        if not issubclass(type(handle), _ENGINE_PSSH):
+            return handle, True
+        evicted: list[Any] = []
+        with self._subset_lock:
+            raced = self._subset_handles.get(key)
+            if raced is not None:  # another thread built one meanwhile: keep a single handle
+                evicted.append(handle)
+                handle = raced
+            else:
+                self._subset_handles[key] = handle
+                while len(self._subset_handles) > MAX_SUBSET_HANDLES:
+                    evicted.append(self._subset_handles.popitem(last=False)[1])
+        for old in evicted:
+            _destroy(old, self.log)
+        return handle, False
+
+    def close(self) -> None:
+        """Close every connection this orchestrator holds (later calls reconnect)."""
+        self._close_subset_handles()
+        for handle in (self.head, self.all):
+            _destroy(handle, self.log)
+
+    def _close_subset_handles(self) -> None:
+        with self._subset_lock:
+            handles = list(self._subset_handles.values())
+            self._subset_handles.clear()
+        for handle in handles:
+            _destroy(handle, self.log)
+
+    # -- privilege -------------------------------------------------------------------------
+    def sudo_prefix(self) -> str:
+        """``'sudo -n '`` where passwordless sudo works, else ``''`` (CVS main, #260).
+
+        Probed once over all hosts; when hosts disagree the head node's answer wins (with a
+        warning). If the probe gives nothing readable, CVS fa4ca32e's literal ``'sudo '``.
+        """
+        if self._needs_sudo is None and not self._sudo_unknown:
+            answer = self._probe_passwordless_sudo()
+            if answer is None:
+                self._sudo_unknown = True
+            else:
+                self._needs_sudo = answer
+        if self._needs_sudo is None:
+            return "sudo "
+        return "sudo -n " if self._needs_sudo else ""
+
+    def _probe_passwordless_sudo(self) -> bool | None:
+        out = self.all.exec(SUDO_PROBE_CMD)
+        if not isinstance(out, dict) or not out:
+            return None
+        # The probe always prints sudo's exit status; anything else (an unreachable host's
+        # ABORT line, no output at all) is no answer, not a "no".
+        status = {
+            host: int(last) == 0
+            for host, last in ((h, _last_line(v)) for h, v in out.items())
+            if last.isdigit()
+        }
+        if len(set(status.values())) > 1:
+            self.log.warning(f"Hosts disagree on passwordless sudo availability: {status}")
+        return status.get(self.head_node)
+
+    # -- environment and cleanup -----------------------------------------------------------
+    def setup_env(self, hosts: Sequence[str] | None, env_script: str | None = None) -> bool:
+        return self._setup_env(hosts, env_script, self.exec_on_head)
+
+    def _setup_env(self, hosts: Sequence[str] | None, env_script: str | None, on_head: Any) -> bool:
+        if not env_script:
+            self.log.info("No environment script specified, skipping setup")
+            return True
+        cmd = f"bash {env_script}"
+        if hosts is None or set(hosts) == set(self.hosts):
+            results = self.all.exec(cmd, timeout=60, detailed=True)
+        elif list(hosts) == [self.head_node]:
+            results = on_head(cmd, timeout=60, detailed=True)
+        else:
+            results = self._exec_subset(cmd, hosts, 60, True, True)
+        failed = [h for h, r in results.items() if _exit_code(r) != 0]
+        if failed:
+            self.log.error(f"Environment setup failed on hosts: {failed}")
+            return False
+        return True
+
+    def cleanup(self, hosts: Sequence[str] | None) -> bool:
+        self.log.info("Baremetal cleanup: nothing was set up on the hosts")
+        self._close_subset_handles()
+        return True
+
+    # -- MPI -------------------------------------------------------------------------------
+    def _mpi_hostfile_sudo(self) -> str:
+        # /tmp is sticky: another user's stale hostfile can only be removed with sudo (CVS).
+        return "sudo "
+
+    def build_mpi_cmd(
+        self,
+        rank_cmd: str,
+        mpi_hosts: Sequence[str],
+        ranks_per_host: int,
+        env_vars: Any,
+        mpi_install_dir: str,
+        mpi_extra_args: Any = None,
+        no_of_global_ranks: int | None = None,
+    ) -> str:
+        """Write the hostfile on the head node and return the ``mpirun`` command line."""
+        host_lines = "".join(f"{host} slots={ranks_per_host}\n" for host in mpi_hosts)
+        removed = self.exec_on_head(
+            f"{self._mpi_hostfile_sudo()}rm -f {MPI_HOSTFILE}", detailed=True
+        )
+        failed = _failed_hosts(removed)
+        if failed:
+            raise RuntimeError(f"Failed to remove stale MPI hostfile on hosts: {failed}")
+        written = self.exec_on_head(
+            f"bash -c 'echo \"{host_lines}\" > {MPI_HOSTFILE}'", detailed=True
+        )
+        failed = _failed_hosts(written)
+        if failed:
+            raise RuntimeError(f"Failed to write MPI hostfile on hosts: {failed}")
+        np = no_of_global_ranks or len(mpi_hosts) * ranks_per_host
+        runner_args = f"--np {np} --allow-run-as-root --hostfile {MPI_HOSTFILE}"
+        extra = _args_text(mpi_extra_args)
+        if extra:
+            runner_args = f"{runner_args} {extra}"
+        return self.get_mpi_command(rank_cmd, runner_args, env_vars, mpi_install_dir)
+
+    def get_mpi_command(
+        self, rank_cmd: str, mpi_runner_args: Any, env_vars: Any, mpi_install_dir: str
+    ) -> str:
+        parts = [
+            f"{mpi_install_dir}/mpirun",
+            "--mca plm_rsh_agent ssh",
+            f'--mca plm_rsh_args "-p {self.ssh_port} -o StrictHostKeyChecking=no '
+            f'-o UserKnownHostsFile=/dev/null"',
+        ]
+        runner = _args_text(mpi_runner_args)
+        if runner:
+            parts.append(runner)
+        if isinstance(env_vars, dict):
+            parts.extend(f"-x {k}={v}" for k, v in env_vars.items())
+        elif env_vars:
+            parts.extend(f"-x {kv}" for kv in env_vars)
+        parts.append(rank_cmd)
+        return " ".join(parts)
+
+    def distribute_using_mpi(
+        self,
+        rank_cmd: str,
+        mpi_hosts: Sequence[str],
+        ranks_per_host: int,
+        env_vars: Any,
+        mpi_install_dir: str,
+        mpi_extra_args: Any = None,
+    ) -> Any:
+        full_cmd = self.build_mpi_cmd(
+            rank_cmd, mpi_hosts, ranks_per_host, env_vars, mpi_install_dir, mpi_extra_args
+        )
+        return self.exec_on_head(full_cmd, timeout=500)

@@ -1,0 +1,504 @@
+"""CVS's ``cvs.core.orchestrators.container``: one long-lived container per host.
+
+The lifetime decisions (``no_launch`` / ``per_run`` / ``persistent``), the probe parsing, the
+sshd and provisioning commands and the teardown rule come from the Rust core
+(``cvs_core.decide_setup``, ``decide_teardown``, ``hosts_needing_sshd``, ``provision_command``,
+``sshd_precheck_command``, ``sshd_setup_commands``, ``sanitize_container_name``); this module
+runs them through the runtime and logs CVS's lines.
+
+Seams kept from CVS: ``RuntimeFactory`` and ``getpass`` are module globals looked up per call;
+``self.exec`` calls ``self.runtime.exec(self.container_id, cmd, hosts, timeout, detailed)``
+positionally (callers read ``call_args[0][1]``); ``setup_sshd`` does ``import time`` and calls
+``time.sleep(2)``; the setup script is read with the builtin ``open``.
+
+Fixed here (contract §9):
+
+- persistent: a host whose probe failed, or that did not answer, is never read as "absent"
+  (CVS fa4ca32e then cold-started with ``docker rm -f`` everywhere): setup refuses (§9.12).
+- ``_launch_containers`` works on a copy; CVS wrote network/ipc/privileged into the caller's
+  ``runtime.args`` (§9.15).
+- ``exec_on_head`` takes ``detailed``/``print_console`` and refuses to run without a container
+  (CVS sent ``docker exec None ...``).
+- ``cleanup()`` follows the lifetime like ``teardown_containers()``: it never removes a
+  ``no_launch`` or ``persistent`` container (§9.15).
+- ``setup_sshd`` treats a host missing from a probe's results as not ready, and ``setup_env``
+  runs every branch on the hosts (CVS ran the head-only branch in the container, the others on
+  the hosts, and the head-only branch raised TypeError at fa4ca32e).
+"""
+
+from __future__ import annotations
+
+import copy
+import getpass
+from collections.abc import Sequence
+from typing import Any
+
+import cvs_core
+
+from ..runtimes.factory import RuntimeFactory
+from .baremetal import BaremetalOrchestrator, _console_kw, _exit_code
+
+DEFAULT_CONTAINER_ARGS: dict[str, Any] = copy.deepcopy(cvs_core.DEFAULT_CONTAINER_ARGS)
+# The command line carrying a setup script travels through SSH and ``bash -c``.
+MAX_INLINE_SETUP_SCRIPT_BYTES: int = cvs_core.MAX_INLINE_SETUP_SCRIPT_BYTES
+# The in-container sshd port (CVS main d7ad7ad7); also mpirun's ``-p``.
+DEFAULT_SSHD_PORT: int = cvs_core.DEFAULT_SSHD_PORT
+SETUP_SCRIPT_TIMEOUT_S = 600
+SSHD_STEP_TIMEOUT_S = 10
+SSHD_SETTLE_S = 2
+MPI_TIMEOUT_S = 600
+NO_CONTAINERS = "No containers running. Call setup_containers() first."
+
+
+def sshd_port_listen_probe_cmd(port: int = DEFAULT_SSHD_PORT) -> str:
+    """Shell that prints ``OK`` when something listens on TCP ``port``, else ``NO`` (CVS main):
+    ``ss``, else ``netstat``, else bash's ``/dev/tcp``."""
+    p = int(port)
+    pattern = f"':{p}([^0-9]|$)'"
+    return (
+        f"if command -v ss >/dev/null 2>&1; then "
+        f"ss -ltn 2>/dev/null | grep -qE {pattern} && echo OK || echo NO; "
+        f"elif command -v netstat >/dev/null 2>&1; then "
+        f"netstat -ltn 2>/dev/null | grep -qE {pattern} && echo OK || echo NO; "
+        f"elif (exec 3<>/dev/tcp/127.0.0.1/{p}) 2>/dev/null; then echo OK; else echo NO; fi"
+    )
+
+
+def sshd_port_listen_ok(output: Any) -> bool:
+    """Whether ``sshd_port_listen_probe_cmd`` output (a string or a detailed entry) says OK."""
+    if isinstance(output, dict):
+        output = output.get("output", "")
+    lines = [line.strip() for line in str(output or "").splitlines() if line.strip()]
+    return bool(lines) and lines[-1] == "OK"
+
+
+def _probe_table(status: Any) -> dict[str, dict[str, Any]]:
+    """A runtime probe result as the core reads it; an entry that is not a dict is no answer."""
+    if not isinstance(status, dict):
+        return {}
+    return {h: v for h, v in status.items() if isinstance(h, str) and isinstance(v, dict)}
+
+
+class ContainerOrchestrator(BaremetalOrchestrator):
+    """Runs commands inside one container per host, started and kept per ``container.lifetime``."""
+
+    def __init__(self, log: Any, config: Any, stop_on_errors: bool = False) -> None:
+        super().__init__(log, config, stop_on_errors)
+        self.orchestrator_type = "container"
+        self.ssh_port = DEFAULT_SSHD_PORT
+        self.container_config = config.get("container", {})
+        if not self.container_config:
+            raise ValueError(
+                "ContainerOrchestrator requires 'container' config in OrchestratorConfig"
+            )
+        self.container_id: str | None = None
+        runtime_name = (self.container_config.get("runtime") or {}).get("name") or "docker"
+        self.runtime = RuntimeFactory.create(runtime_name, log, self)
+
+    # -- configuration getters (defaults + config additions, new lists each call) ----------
+    def _runtime_args(self) -> dict[str, Any]:
+        return (self.container_config.get("runtime") or {}).get("args") or {}
+
+    def _lifetime(self) -> str:
+        return self.container_config.get("lifetime", "per_run")
+
+    def get_volumes(self) -> list[str]:
+        # CVS's defaults: the control host's user and /home/<user> (contract §9.15).
+        user = getpass.getuser()
+        defaults = [f"/home/{user}:/workspace", f"/home/{user}/.ssh:/host_ssh"]
+        return defaults + list(self._runtime_args().get("volumes") or [])
+
+    def get_devices(self) -> list[str]:
+        return list(DEFAULT_CONTAINER_ARGS["devices"]) + list(
+            self._runtime_args().get("devices") or []
+        )
+
+    def get_capabilities(self) -> list[str]:
+        return list(DEFAULT_CONTAINER_ARGS["capabilities"]) + list(
+            self._runtime_args().get("cap_add") or []
+        )
+
+    def get_security_opts(self) -> list[str]:
+        return list(DEFAULT_CONTAINER_ARGS["security_opts"]) + list(
+            self._runtime_args().get("security_opt") or []
+        )
+
+    def get_groups(self) -> list[str]:
+        return list(DEFAULT_CONTAINER_ARGS["groups"]) + list(
+            self._runtime_args().get("group_add") or []
+        )
+
+    def get_ulimits(self) -> list[str]:
+        return list(DEFAULT_CONTAINER_ARGS["ulimits"]) + list(
+            self._runtime_args().get("ulimit") or []
+        )
+
+    def get_environment(self) -> dict[str, Any]:
+        # container.env, as CVS's code reads it (its docstring said runtime.args.env).
+        env = dict(DEFAULT_CONTAINER_ARGS["environment"])
+        env.update(self.container_config.get("env") or {})
+        return env
+
+    def get_network_mode(self) -> Any:
+        return self._runtime_args().get("network", DEFAULT_CONTAINER_ARGS["network_mode"])
+
+    def get_ipc_mode(self) -> Any:
+        return self._runtime_args().get("ipc", DEFAULT_CONTAINER_ARGS["ipc_mode"])
+
+    def is_privileged(self) -> Any:
+        return self._runtime_args().get("privileged", DEFAULT_CONTAINER_ARGS["privileged"])
+
+    @staticmethod
+    def sanitize_container_name(image: str) -> str:
+        return cvs_core.sanitize_container_name(image)
+
+    @staticmethod
+    def get_container_name(container_config: dict[str, Any], image: str) -> str:
+        """``container.name``, else ``<control user>_<sanitized image>``."""
+        name = (container_config or {}).get("name")
+        if name:
+            return name
+        return cvs_core.default_container_name(image, user=getpass.getuser())
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def setup_containers(
+        self,
+        volumes: Sequence[str] | None = None,
+        devices: Sequence[str] | None = None,
+        capabilities: Sequence[str] | None = None,
+        security_opts: Sequence[str] | None = None,
+        environment: dict[str, Any] | None = None,
+        groups: Sequence[str] | None = None,
+        ulimits: Sequence[str] | None = None,
+    ) -> bool:
+        """Bring the containers to what ``container.lifetime`` asks for; True on success."""
+        lifetime = self._lifetime()
+        image = self.container_config.get("image")
+        if not image:
+            self.log.error("Container image not specified in config")
+            return False
+        container_name = self.get_container_name(self.container_config, image)
+        launch = {
+            "volumes": volumes,
+            "devices": devices,
+            "capabilities": capabilities,
+            "security_opts": security_opts,
+            "environment": environment,
+            "groups": groups,
+            "ulimits": ulimits,
+        }
+        if lifetime not in cvs_core.VALID_CONTAINER_LIFETIMES:
+            # Config resolution rejects this; a hand-built config must not fall into per_run.
+            self.log.error(
+                f"container.lifetime must be one of {cvs_core.VALID_CONTAINER_LIFETIMES}, "
+                f"got {lifetime!r}"
+            )
+            return False
+        if lifetime == "no_launch":
+            return self.verify_containers_running(container_name)
+        if lifetime == "persistent":
+            return self._setup_persistent(container_name, image, launch)
+        return self._launch_containers(container_name, **launch)
+
+    def _setup_persistent(self, container_name: str, image: str, launch: dict[str, Any]) -> bool:
+        status = _probe_table(self.runtime.is_running(container_name))
+        decision = cvs_core.decide_setup(
+            "persistent", status, hosts=self.hosts, name=container_name, image=image
+        )
+        if decision.kind == "launch":
+            self.log.info(decision.message)
+            return self._launch_containers(container_name, **launch)
+        if decision.kind == "need_image_status":
+            self.container_id = container_name
+            self.log.info(
+                f"Persistent container '{container_name}' is running on all hosts, attaching"
+            )
+            return self._verify_persistent_image(container_name, image)
+        # refuse_probe_failed / refuse_partial: acting could destroy a live overlay.
+        self.log.error(decision.message)
+        return False
+
+    def _partition_by_status(self, status: Any) -> tuple[list[str], list[str], list[str]]:
+        """``(running, absent, probe_failed)`` over the expected hosts (CVS main): a host the
+        probe did not answer for, or whose probe failed, is probe_failed."""
+        d = cvs_core.decide_setup("no_launch", _probe_table(status), hosts=self.hosts)
+        return d.running_hosts, d.missing_hosts, d.failed_hosts
+
+    def _verify_persistent_image(self, container_name: str, image: str) -> bool:
+        """Attach only if every host's running image is known and the same (warn if the local
+        tag moved on since: the overlay may be stale)."""
+        images = _probe_table(self.runtime.image_sha_status(container_name, image))
+        running = {h: {"running": True, "exit_code": 0, "name": container_name} for h in self.hosts}
+        decision = cvs_core.decide_setup(
+            "persistent", running, images, hosts=self.hosts, name=container_name, image=image
+        )
+        if decision.kind == "refuse_unreadable_sha":
+            self.log.error(decision.message)
+            return False
+        if decision.kind == "refuse_image_skew":
+            # CVS logs each host's stale-image warning before the skew error.
+            for host in self.hosts:
+                one = cvs_core.decide_setup(
+                    "persistent",
+                    {host: running[host]},
+                    {host: images[host]},
+                    name=container_name,
+                    image=image,
+                )
+                for warning in one.warnings:
+                    self.log.warning(warning)
+            self.log.error(decision.message)
+            return False
+        for warning in decision.warnings:
+            self.log.warning(warning)
+        return decision.proceeds
+
+    def _launch_containers(
+        self,
+        container_name: str,
+        volumes: Sequence[str] | None = None,
+        devices: Sequence[str] | None = None,
+        capabilities: Sequence[str] | None = None,
+        security_opts: Sequence[str] | None = None,
+        environment: dict[str, Any] | None = None,
+        groups: Sequence[str] | None = None,
+        ulimits: Sequence[str] | None = None,
+    ) -> bool:
+        """Start fresh containers on every host, then run the setup script in them."""
+        # Set before launching (CVS): a per_run teardown then removes a half-started set.
+        self.container_id = container_name
+        volumes = self.get_volumes() if volumes is None else volumes
+        devices = self.get_devices() if devices is None else devices
+        capabilities = self.get_capabilities() if capabilities is None else capabilities
+        security_opts = self.get_security_opts() if security_opts is None else security_opts
+        environment = self.get_environment() if environment is None else environment
+        groups = self.get_groups() if groups is None else groups
+        ulimits = self.get_ulimits() if ulimits is None else ulimits
+
+        launch_config = dict(self.container_config)
+        runtime = copy.deepcopy(self.container_config.get("runtime") or {})
+        args = runtime.get("args") or {}
+        args["network"] = self.get_network_mode()
+        args["ipc"] = self.get_ipc_mode()
+        args["privileged"] = self.is_privileged()
+        runtime["args"] = args
+        launch_config["runtime"] = runtime
+
+        started = self.runtime.setup_containers(
+            launch_config,
+            container_name,
+            volumes=volumes,
+            devices=devices,
+            capabilities=capabilities,
+            security_opts=security_opts,
+            environment=environment,
+            groups=groups,
+            ulimits=ulimits,
+            device_expansion=cvs_core.INFINIBAND_EXPANSION,
+        )
+        if not started:
+            return False
+        return self._provision_container()
+
+    def _provision_container(self) -> bool:
+        """Run ``container.setup_script`` in every freshly launched container."""
+        script = self.container_config.get("setup_script")
+        if not script:
+            return True
+        try:
+            with open(script, "rb") as f:
+                payload = f.read()
+        except OSError as exc:
+            self.log.error(f"Cannot read container setup_script '{script}': {exc}")
+            return False
+        if isinstance(payload, str):
+            payload = payload.encode()
+        label = f"container.setup_script '{script}'"
+        # Checked against this module's constant too, so a caller may lower the limit; the core
+        # enforces 16384 whatever the constant says, with the same message.
+        limit = MAX_INLINE_SETUP_SCRIPT_BYTES
+        if len(payload) > limit:
+            self.log.error(
+                f"{label} is too large for inline delivery ({len(payload)} bytes > {limit}). "
+                "Slim the script, or bake the packages into the image."
+            )
+            return False
+        try:
+            cmd = cvs_core.provision_command(payload, label=label)
+        except cvs_core.ScriptTooLargeError as exc:
+            self.log.error(str(exc))
+            return False
+        results = self.exec(cmd, timeout=SETUP_SCRIPT_TIMEOUT_S, detailed=True)
+        failed = False
+        for host, result in (results if isinstance(results, dict) else {}).items():
+            code = _exit_code(result)
+            if code == 0:
+                continue
+            failed = True  # keep going: every failing host is logged
+            output = str(result.get("output") or "").strip() if isinstance(result, dict) else ""
+            detail = f": {output}" if output else ""
+            self.log.error(
+                f"Container provisioning failed on {host} (setup_script: {script}, "
+                f"exit_code: {code}){detail}"
+            )
+        if failed:
+            return False
+        self.log.info("Container provisioning succeeded on all hosts")
+        return True
+
+    def setup_sshd(self) -> bool:
+        """Start sshd on ``ssh_port`` in the containers that do not run it yet."""
+        if not self.container_id:
+            raise RuntimeError(NO_CONTAINERS)
+        if len(self.hosts) <= 1:
+            # CVS main (#224): one node needs no inter-node SSH.
+            self.log.info(
+                "Single-node run: skipping in-container sshd setup (no inter-node SSH needed)"
+            )
+            return True
+        import time
+
+        precheck_cmd = cvs_core.sshd_precheck_command(self.ssh_port)
+        precheck = self.exec(precheck_cmd, timeout=SSHD_STEP_TIMEOUT_S, detailed=True)
+        answers = precheck if isinstance(precheck, dict) else {}
+        # A host the precheck did not answer for has not shown that sshd runs there.
+        needing = cvs_core.hosts_needing_sshd(
+            {h: answers[h] if isinstance(answers.get(h), (dict, int)) else -1 for h in self.hosts}
+        )
+        if not needing:
+            self.log.info("SSH daemon already running on all hosts, skipping setup")
+            return True
+        for cmd in cvs_core.sshd_setup_commands(self.ssh_port):
+            results = self.exec(cmd, hosts=needing, timeout=SSHD_STEP_TIMEOUT_S, detailed=True)
+            results = results if isinstance(results, dict) else {}
+            for host in needing:
+                if _exit_code(results.get(host)) != 0:
+                    self.log.error(f"SSH setup command failed on {host}: {cmd}")
+                    return False
+        time.sleep(SSHD_SETTLE_S)
+        validation = self.exec(precheck_cmd, timeout=SSHD_STEP_TIMEOUT_S, detailed=True)
+        validation = validation if isinstance(validation, dict) else {}
+        for host in self.hosts:
+            if _exit_code(validation.get(host)) != 0:
+                self.log.error(f"SSH daemon validation failed on {host}")
+                return False
+            self.log.info(f"SSH daemon started successfully on {host}")
+        return True
+
+    def verify_containers_running(self, container_name: str) -> bool:
+        """True, and ``container_id`` set, when the container runs on every host."""
+        status = _probe_table(self.runtime.is_running(container_name))
+        decision = cvs_core.decide_setup("no_launch", status, hosts=self.hosts, name=container_name)
+        if decision.kind == "verify_ok":
+            self.log.info(decision.message)
+            self.container_id = container_name
+            return True
+        # fa4ca32e's per-host reasons, then CVS main's partition, in one line: logs are grepped
+        # for both wordings.
+        self.log.error(
+            f"{decision.message}; not running on all hosts: not running on "
+            f"{decision.missing_hosts}, probe failed on {decision.failed_hosts}"
+        )
+        return False
+
+    def _removes_containers(self) -> bool:
+        lifetime = self._lifetime()
+        try:
+            return cvs_core.decide_teardown(lifetime, self.container_id)
+        except ValueError:
+            self.log.warning(
+                f"Unknown container.lifetime {lifetime!r}: leaving containers in place"
+            )
+            return False
+
+    def teardown_containers(self) -> bool:
+        """Remove the containers if this run owns them (per_run); keep them otherwise."""
+        lifetime = self._lifetime()
+        if lifetime in ("no_launch", "persistent"):
+            self.log.debug(
+                f"Container lifetime is '{lifetime}': leaving container "
+                f"'{self.container_id}' in place"
+            )
+            return True
+        if not self._removes_containers():
+            return True
+        result = self.runtime.teardown_containers(self.container_id)
+        self.container_id = None
+        return result
+
+    def cleanup(self, hosts: Sequence[str] | None) -> bool:
+        self._close_subset_handles()
+        if not self._removes_containers():
+            self.log.debug(
+                f"Container lifetime is '{self._lifetime()}': cleanup leaves the containers"
+            )
+            return True
+        result = self.runtime.teardown_containers(self.container_id)
+        if result:
+            self.container_id = None
+        return result
+
+    # -- commands in the container ---------------------------------------------------------
+    def exec(
+        self,
+        cmd: str,
+        hosts: Sequence[str] | None = None,
+        timeout: float | None = None,
+        detailed: bool = False,
+        print_console: bool = True,
+    ) -> Any:
+        """Run ``cmd`` in the containers on ``hosts`` (all when None)."""
+        if not self.container_id:
+            raise RuntimeError(NO_CONTAINERS)
+        return self.runtime.exec(
+            self.container_id, cmd, hosts, timeout, detailed, **_console_kw(print_console)
+        )
+
+    def exec_on_head(
+        self,
+        cmd: str,
+        timeout: float | None = None,
+        detailed: bool = False,
+        print_console: bool = True,
+    ) -> Any:
+        if not self.container_id:
+            raise RuntimeError(NO_CONTAINERS)
+        kwargs: dict[str, Any] = {"detailed": True} if detailed else {}
+        kwargs.update(_console_kw(print_console))
+        return self.runtime.exec_on_head(self.container_id, cmd, timeout, **kwargs)
+
+    def exec_cmd_list(
+        self, cmd_list: Sequence[str], timeout: float | None = None, print_console: bool = True
+    ) -> Any:
+        """``cmd_list[i]`` in the container on host ``i`` (CVS main)."""
+        if not self.container_id:
+            raise RuntimeError(NO_CONTAINERS)
+        return self.runtime.exec_cmd_list(
+            self.container_id, cmd_list, timeout=timeout, print_console=print_console
+        )
+
+    def setup_env(self, hosts: Sequence[str] | None, env_script: str | None = None) -> bool:
+        # Every branch on the hosts, where the script path is (see the module docstring).
+        return self._setup_env(
+            hosts, env_script, lambda cmd, **kw: BaremetalOrchestrator.exec_on_head(self, cmd, **kw)
+        )
+
+    # -- MPI -------------------------------------------------------------------------------
+    def _mpi_hostfile_sudo(self) -> str:
+        # The hostfile is written inside the container, as root; images often lack sudo, and
+        # CVS's in-container "sudo rm" only worked because its result was ignored.
+        return ""
+
+    def distribute_using_mpi(
+        self,
+        rank_cmd: str,
+        mpi_hosts: Sequence[str],
+        ranks_per_host: int,
+        env_vars: Any,
+        mpi_install_dir: str,
+        mpi_extra_args: Any = None,
+    ) -> Any:
+        full_cmd = self.build_mpi_cmd(
+            rank_cmd, mpi_hosts, ranks_per_host, env_vars, mpi_install_dir, mpi_extra_args
+        )
+        return self.exec_on_head(full_cmd, timeout=MPI_TIMEOUT_S)

@@ -1,0 +1,383 @@
+"""CVS's ``cvs.core.runtimes.docker``: ``DockerRuntime`` and ``CONTAINER_START_TIMEOUT_S``.
+
+Every host command goes through ``orchestrator.all.exec`` (``orchestrator.head.exec`` for the
+head-only path), as in CVS. The command strings are cvs_core's renderers
+(``cvs_core.docker_exec_command``, ``is_running_command``, ``image_sha_status_command``,
+``remove_command``, ``image_exists_command``, ``load_image_command``): with simple values they
+are CVS's strings byte for byte, and every value is quoted once (CPython ``shlex.quote``
+rules), so a volume with a space or an environment value with ``$`` reaches docker as written
+instead of being split or expanded by the host shell (CVS interpolated them unquoted).
+
+The privilege prefix is ``orchestrator.sudo_prefix()`` (CVS main, probed once) when the
+orchestrator provides one, else fa4ca32e's literal ``sudo``.
+
+Fixed here (contract §9): a host subset reuses the orchestrator's connections instead of a new
+``Pssh`` per call that was never closed (§9.2); the caller's ``runtime.args`` is never changed
+(§9.15); ``registry_login`` and the explicit pull (CVS main) use the same privilege prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import cvs_core
+
+# A cold node pulls a multi-GB image inside ``docker run`` (fa4ca32e; main went to 120 s plus
+# an explicit pull).
+CONTAINER_START_TIMEOUT_S = 900
+PROBE_TIMEOUT_S = 30
+LOAD_TIMEOUT_S = 600
+SETUP_LOAD_TIMEOUT_S = 300
+PULL_TIMEOUT_S = 600
+LOGIN_TIMEOUT_S = 30
+
+
+def _console_kw(print_console: Any) -> dict[str, Any]:
+    """CVS main's ``print_console`` keyword, only when the caller changed it."""
+    return {} if print_console is True else {"print_console": print_console}
+
+
+def _exit_code(entry: Any) -> int:
+    if isinstance(entry, dict):
+        code = entry.get("exit_code")
+        return code if isinstance(code, int) else -1
+    return -1
+
+
+def _failed(results: Any) -> list[str]:
+    if not isinstance(results, dict):
+        return []
+    return [h for h, r in results.items() if _exit_code(r) != 0]
+
+
+def _all_ok(results: Any) -> bool:
+    # No answer from any host proves nothing: CVS's all() over an empty dict said True.
+    return isinstance(results, dict) and bool(results) and not _failed(results)
+
+
+def _q(value: Any) -> str:
+    return cvs_core.quote(str(value))
+
+
+def _prefix_text(prefix: str) -> str:
+    words = prefix.split()
+    return " ".join(_q(w) for w in words) + " " if words else ""
+
+
+class DockerRuntime:
+    """Docker on every host, driven through the orchestrator's SSH handles."""
+
+    def __init__(self, log: Any, orchestrator: Any) -> None:
+        self.log = log
+        self.orchestrator = orchestrator
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _prefix(self) -> str:
+        probe = getattr(self.orchestrator, "sudo_prefix", None)
+        if callable(probe):
+            try:
+                prefix = probe()
+            except Exception as exc:
+                self.log.debug(f"sudo_prefix() failed, using 'sudo': {exc}")
+                prefix = None
+            if isinstance(prefix, str):
+                return prefix
+        return "sudo"
+
+    def _exec_on_hosts(
+        self,
+        exec_cmd: str,
+        hosts: Sequence[str],
+        timeout: float | None,
+        detailed: bool,
+        print_console: Any,
+    ) -> Any:
+        # Imported here: the orchestrators import this module (through the factory).
+        from cvs_core.compat.orchestrators import baremetal
+
+        orch = self.orchestrator
+        if issubclass(type(orch), baremetal.BaremetalOrchestrator):
+            # The orchestrator's host-level exec: its full-cluster handle when the subset is
+            # every host, else its kept per-subset handle.
+            return baremetal.BaremetalOrchestrator.exec(
+                orch,
+                exec_cmd,
+                hosts=hosts,
+                timeout=timeout,
+                detailed=detailed,
+                print_console=print_console,
+            )
+        # Any other orchestrator: CVS's subset handle, closed after the call (CVS main).
+        from cvs_core.compat import parallel_ssh_lib
+
+        phdl = parallel_ssh_lib.Pssh(
+            self.log,
+            hosts,
+            user=getattr(orch, "user", None),
+            password=getattr(orch, "password", None),
+            pkey=getattr(orch, "pkey", None),
+            host_key_check=False,
+            stop_on_errors=getattr(orch, "stop_on_errors", False),
+        )
+        try:
+            return phdl.exec(
+                exec_cmd, timeout=timeout, detailed=detailed, **_console_kw(print_console)
+            )
+        finally:
+            destroy = getattr(phdl, "destroy_clients", None)
+            if callable(destroy):
+                try:
+                    destroy()
+                except Exception as exc:
+                    self.log.debug(f"destroy_clients failed: {exc}")
+
+    # -- images ----------------------------------------------------------------------------
+    def check_image_exists(self, image: str) -> bool:
+        """True when every host has ``image`` as ``repository:tag`` (untagged never matches)."""
+        cmd = cvs_core.image_exists_command(image, prefix=self._prefix())
+        results = self.orchestrator.all.exec(cmd, timeout=PROBE_TIMEOUT_S, detailed=True)
+        return _all_ok(results)
+
+    def load_image(self, tar_path: str, timeout: float | None = None) -> Any:
+        if timeout is None:
+            timeout = LOAD_TIMEOUT_S
+        cmd = cvs_core.load_image_command(tar_path, prefix=self._prefix())
+        return self.orchestrator.all.exec(cmd, timeout=timeout, detailed=True)
+
+    def pull_image(self, image: str, timeout: float | None = None) -> Any:
+        """``docker pull`` on every host (CVS main), with the orchestrator's privilege prefix."""
+        if timeout is None:
+            timeout = PULL_TIMEOUT_S
+        cmd = f"{_prefix_text(self._prefix())}docker pull {_q(image)}"
+        return self.orchestrator.all.exec(cmd, timeout=timeout, detailed=True)
+
+    def registry_login(self, registry: Any) -> bool:
+        """``docker login`` on every host from ``runtime.args.registry`` (CVS main)."""
+        cfg = registry if isinstance(registry, dict) else {}
+        username, password_file = cfg.get("username"), cfg.get("password_file")
+        if not username or not password_file:
+            self.log.error("registry_login requires 'username' and 'password_file'")
+            return False
+        server = cfg.get("server") or cfg.get("url") or cfg.get("registry") or ""
+        login = ["docker", "login"] + ([_q(server)] if server else [])
+        inner = (
+            f"cat {_q(password_file)} | {' '.join(login)} --username {_q(username)} "
+            "--password-stdin"
+        )
+        # sh -c so the privilege prefix covers the whole pipeline (docker reads the password).
+        cmd = f"{_prefix_text(self._prefix())}sh -c {_q(inner)}"
+        results = self.orchestrator.all.exec(
+            cmd, timeout=LOGIN_TIMEOUT_S, detailed=True, print_console=False
+        )
+        failed = _failed(results)
+        if failed:
+            self.log.error(f"docker login failed on hosts: {failed}")
+            return False
+        return True
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def setup_containers(
+        self,
+        container_config: dict[str, Any],
+        container_name: str,
+        volumes: Sequence[str] | None = None,
+        devices: Sequence[str] | None = None,
+        capabilities: Sequence[str] | None = None,
+        security_opts: Sequence[str] | None = None,
+        environment: dict[str, Any] | None = None,
+        groups: Sequence[str] | None = None,
+        ulimits: Sequence[str] | None = None,
+        device_expansion: str | None = None,
+    ) -> bool:
+        """Start ``container_name`` from the configured image on every host (replacing any
+        container of that name); False, with the failing hosts logged, otherwise."""
+        if not container_config or not container_config.get("image"):
+            self.log.warning("No container config or image specified, skipping container start")
+            return False
+        image = container_config["image"]
+        try:
+            cvs_core.validate_container_name(container_name)
+        except ValueError as exc:
+            self.log.error(f"Cannot start container: {exc}")
+            return False
+        if image.startswith("-") or any(c.isspace() for c in image):
+            self.log.error(f"Cannot start container: invalid image {image!r}")
+            return False
+
+        runtime = container_config.get("runtime") or {}
+        runtime_args = dict(runtime.get("args") or {})  # a copy: the caller's config is not ours
+        if volumes is None:
+            volumes = container_config.get("volumes") or []
+        if environment is None:
+            environment = container_config.get("env") or {}
+        for key, value in (
+            ("devices", devices),
+            ("cap_add", capabilities),
+            ("security_opt", security_opts),
+            ("group_add", groups),
+            ("ulimit", ulimits),
+        ):
+            if value is not None:
+                runtime_args[key] = value
+        runtime_args.pop("volumes", None)  # already in ``volumes``: no duplicate -v flags
+
+        parts: list[str] = []
+        if not runtime_args.get("network"):
+            parts.append("--network host")
+        parts.extend(f"-v {_q(v)}" for v in volumes)
+        parts.extend(f"-e {_q(f'{k}={v}')}" for k, v in environment.items())
+        built = self._build_runtime_args(runtime_args)
+        if built:
+            parts.append(built)
+        if device_expansion:
+            parts.append(device_expansion)  # shell code for the host shell, never a user value
+
+        image_tar = container_config.get("image_tar")
+        registry = runtime_args.get("registry")
+        if image_tar:
+            if not self.check_image_exists(image):
+                failed = _failed(self.load_image(image_tar, timeout=SETUP_LOAD_TIMEOUT_S))
+                if failed:
+                    self.log.error(f"Failed to load image tar on hosts: {failed}")
+                    return False
+            else:
+                self.log.info(f"Image {image} already present on all hosts, skipping tar load")
+        elif registry:
+            if not self.registry_login(registry):
+                return False
+            if not self.check_image_exists(image):
+                failed = _failed(self.pull_image(image))
+                if failed:
+                    self.log.error(f"Failed to pull image on hosts: {failed}")
+                    return False
+
+        prefix = self._prefix()
+        self.orchestrator.all.exec(
+            cvs_core.remove_command(container_name, prefix=prefix), timeout=30, print_console=False
+        )
+        words = [
+            f"{_prefix_text(prefix)}docker run -d --name {_q(container_name)}",
+            " ".join(parts),
+            f"{_q(image)} sleep infinity",
+        ]
+        run_cmd = " ".join(w for w in words if w)
+        results = self.orchestrator.all.exec(
+            run_cmd, timeout=CONTAINER_START_TIMEOUT_S, detailed=True
+        )
+        failed = _failed(results)
+        if failed:
+            self.log.error(f"Container startup failed on hosts: {failed}")
+            self.teardown_containers(container_name)
+            return False
+        self.log.info(f"Containers started successfully: {container_name}")
+        return True
+
+    def teardown_containers(self, container_name: str) -> bool:
+        if not container_name:
+            self.log.info("No container to stop")
+            return True
+        cmd = cvs_core.remove_command(container_name, prefix=self._prefix(), quiet=True)
+        results = self.orchestrator.all.exec(
+            cmd, timeout=PROBE_TIMEOUT_S, print_console=False, detailed=True
+        )
+        if _failed(results):
+            self.log.warning("Container stop had issues on some hosts")
+            return False
+        return True
+
+    # -- probes ----------------------------------------------------------------------------
+    def is_running(self, container_name: str) -> dict[str, dict[str, Any]]:
+        """``{host: {'exit_code', 'running', 'name'}}``: running means the probe succeeded
+        and printed exactly the name."""
+        cmd = cvs_core.is_running_command(container_name, prefix=self._prefix())
+        # CVS writes this filter unquoted; the core quotes it. A name that passed the core's
+        # validation is all [a-zA-Z0-9_.-], which the shell reads the same either way, so keep
+        # CVS's text (users grep logs for it).
+        cmd = cmd.replace(f"'name=^{container_name}$'", f"name=^{container_name}$")
+        results = self.orchestrator.all.exec(cmd, timeout=PROBE_TIMEOUT_S, detailed=True)
+        return cvs_core.parse_running_probe(
+            container_name, results if isinstance(results, dict) else {}
+        )
+
+    def image_sha_status(self, container_name: str, image_name: str) -> dict[str, dict[str, str]]:
+        """``{host: {'container_sha', 'image_sha'}}``, ``''`` where unreadable."""
+        cmd = cvs_core.image_sha_status_command(container_name, image_name, prefix=self._prefix())
+        results = self.orchestrator.all.exec(cmd, timeout=PROBE_TIMEOUT_S, detailed=True)
+        return cvs_core.parse_image_probe(results if isinstance(results, dict) else {})
+
+    # -- commands --------------------------------------------------------------------------
+    def exec(
+        self,
+        container_name: str,
+        cmd: str,
+        hosts: Sequence[str] | None = None,
+        timeout: float | None = None,
+        detailed: bool = False,
+        print_console: bool = True,
+    ) -> Any:
+        """Run ``cmd`` in the container's shell (``docker exec <n> bash -c <cmd>``)."""
+        exec_cmd = cvs_core.docker_exec_command(container_name, cmd, prefix=self._prefix())
+        if hosts:
+            return self._exec_on_hosts(exec_cmd, hosts, timeout, detailed, print_console)
+        if hosts is not None:
+            return {}  # an explicit empty subset runs nowhere (CVS ran it everywhere)
+        return self.orchestrator.all.exec(
+            exec_cmd, timeout=timeout, detailed=detailed, **_console_kw(print_console)
+        )
+
+    def exec_on_head(
+        self,
+        container_name: str,
+        cmd: str,
+        timeout: float | None = None,
+        detailed: bool = False,
+        print_console: bool = True,
+    ) -> Any:
+        exec_cmd = cvs_core.docker_exec_command(container_name, cmd, prefix=self._prefix())
+        kwargs: dict[str, Any] = {"detailed": True} if detailed else {}
+        kwargs.update(_console_kw(print_console))
+        return self.orchestrator.head.exec(exec_cmd, timeout=timeout, **kwargs)
+
+    def exec_cmd_list(
+        self,
+        container_name: str,
+        cmd_list: Sequence[str],
+        timeout: float | None = None,
+        print_console: bool = True,
+    ) -> Any:
+        """``cmd_list[i]`` in the container on host ``i`` (CVS main); ``{host: str}``."""
+        prefix = self._prefix()
+        wrapped = [cvs_core.docker_exec_command(container_name, c, prefix=prefix) for c in cmd_list]
+        return self.orchestrator.all.exec_cmd_list(
+            wrapped, timeout=timeout, print_console=print_console
+        )
+
+    @staticmethod
+    def _build_runtime_args(runtime_args: dict[str, Any] | None) -> str:
+        """``runtime.args`` as docker flags, in CVS's order; unknown keys are ignored."""
+        d = runtime_args or {}
+        args: list[str] = []
+
+        def each(flag: str, key: str) -> None:
+            args.extend(f"{flag} {_q(v)}" for v in d.get(key) or [])
+
+        each("-v", "volumes")
+        each("--device", "devices")
+        # CVS iterated this dict as (key, value) pairs and so crashed or mangled it; honour it.
+        env = d.get("env")
+        if isinstance(env, dict):
+            args.extend(f"-e {_q(f'{k}={v}')}" for k, v in env.items())
+        elif env:
+            args.extend(f"-e {_q(kv)}" for kv in env)
+        each("--cap-add", "cap_add")
+        each("--security-opt", "security_opt")
+        each("--group-add", "group_add")
+        if d.get("network"):
+            args.append(f"--network {_q(d['network'])}")
+        if d.get("ipc"):
+            args.append(f"--ipc {_q(d['ipc'])}")
+        each("--ulimit", "ulimit")
+        if d.get("privileged"):
+            args.append("--privileged")
+        return " ".join(args)
