@@ -176,7 +176,7 @@ def test_persistent_cold_start_without_sshd_then_attach(docker_cluster, tmp_path
         info = inspect(dc, i, name)
         first[h] = (info["Id"], info["State"]["StartedAt"])
         in_container(dc, i, name, "echo kept > /var/tmp/marker")
-    sshd_pids = [in_container(dc, i, name, "pgrep -f 'sshd -p 2224'") for i in range(3)]
+    sshd_pids = [in_container(dc, i, name, "pgrep -of '[s]shd -p 2224'") for i in range(3)]
 
     again = cli(dc, cfg, "up", "--pull", "never")
     assert again.returncode == 0, again.stdout + again.stderr
@@ -189,7 +189,7 @@ def test_persistent_cold_start_without_sshd_then_attach(docker_cluster, tmp_path
         assert (info["Id"], info["State"]["StartedAt"]) == first[h]
         assert in_container(dc, i, name, f"cat {PROVISION_LOG}") == "provisioned\n"
         assert in_container(dc, i, name, "cat /var/tmp/marker") == "kept\n"
-    assert [in_container(dc, i, name, "pgrep -f 'sshd -p 2224'") for i in range(3)] == sshd_pids
+    assert [in_container(dc, i, name, "pgrep -of '[s]shd -p 2224'") for i in range(3)] == sshd_pids
 
     down = cli(dc, cfg, "down")
     assert down.returncode == 0 and report(down)["kind"] == "kept"

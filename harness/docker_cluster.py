@@ -1,0 +1,1395 @@
+"""A multi-node Docker "cluster" on one Linux machine, for end-to-end container tests.
+
+Node i (0-based index into ``hosts``) is a set of namespaces with its own
+- network namespace (``netns[i]``) at ``<subnet>.<11+i>/24`` on a private bridge (``bridge``,
+  ``<subnet>.1``) with NO default route: nodes reach only each other and the root namespace,
+  so nothing a test does can send traffic anywhere else. Kernel object names derive from the
+  subnet, so clusters on different subnets coexist; ``subnet="auto"`` picks a free 10.77.X
+  (what the pytest fixture uses, so concurrent test sessions do not collide);
+- mount/UTS/IPC/PID namespaces: hostname ``names[i]`` = ``<prefix><i+1>`` (``node1``...,
+  whatever the subnet), private ``/run``, ``/tmp``,
+  ``/root``, ``/etc/hosts``, ``/etc/docker`` (``harness/node_harness.sh`` is the node's PID 1);
+- dockerd (+ its own containerd) on the node's default socket, so ``sudo docker ...`` over ssh
+  works; the harness reaches the same engine from the root namespace (``docker(i, ...)``);
+- OpenSSH sshd on port 22 (root, key auth), with real host-key checking: ``known_hosts`` lists
+  every node's key, plus one ``@cert-authority`` line for the harness host CA, which also
+  signed the host keys of the test images and of the sshd bundle, so an sshd started inside a
+  container (say on port 2224) is checked strictly too.
+
+Containers run with ``--network host`` share the node's network namespace: port 2224 in a
+container on node i is ``hosts[i]:2224``. The harness work directory is visible inside every
+node at ``/run/cvs`` (``NODE_SHARE``); start a container with ``-v /run/cvs:/run/cvs:ro`` to give
+it the sshd bundle (``/run/cvs/sshd-bundle.tar``) and its installer
+(``sh /run/cvs/install_sshd_from_bundle.sh``), and the harness client key in
+``/run/cvs/ssh/authorized_keys`` (the test images' sshd_config already reads that file).
+
+Images (no registry anywhere: always pass ``--pull never``): ``IMAGE_WITH_SSHD`` and
+``IMAGE_NO_SSHD`` are built from this host's binaries by ``harness/build_images.sh`` and loaded
+into every node with the same image IDs. ``import_image(i, src, tag)`` puts another image under
+a tag on one node (image skew); ``variant_tar`` is a ready different rootfs for that, and
+``reset_images()`` restores the originals. Built tars are cached (``CVS_HARNESS_CACHE``, default
+``~/.cache/cvs-core/docker-harness``), so only the first start pays the build (~6-15 s).
+
+What works and what does not on these nodes (a Firecracker VM, measured):
+- ``--privileged`` works through ``harness/runc-capfilter`` (dockerd's default runtime here):
+  Docker 20.10 asks for every capability the kernel knows, but CAP_SYS_RESOURCE is missing from
+  the bounding set, so plain runc fails "unable to apply caps". ``--cap-add SYS_RESOURCE`` is
+  therefore silently dropped;
+- ``--ulimit memlock=-1`` FAILS ("error setting rlimit type 8: operation not permitted"):
+  raising a hard limit needs CAP_SYS_RESOURCE. Limits up to the node's own hard limit
+  (``ulimit -Hl``, 8192 KiB here) work, e.g. ``--ulimit memlock=8388608:8388608``;
+- there is no ``/dev/kfd``, ``/dev/dri`` or ``/dev/infiniband``: ``--device`` on them fails.
+  Tests therefore configure ``"runtime": {"defaults": false}`` with explicit args;
+- ``--network host``, ``--ipc host``, ``--cap-add SYS_PTRACE/IPC_LOCK/SYS_ADMIN``,
+  ``--security-opt seccomp=unconfined``, ``--group-add video``, ``--shm-size``, ``-v`` of node
+  paths work. dockerd runs with ``--bridge=none``: a container without ``--network host``
+  gets loopback only, and ``docker pull`` fails at once ("network is unreachable");
+- ``security-opt apparmor=unconfined`` is accepted (AppArmor is not enabled here).
+
+Each node's root ``~/.ssh`` looks like a real user's: ``authorized_keys`` (the harness key),
+``id_ed25519`` (the same key, for node-to-node ssh), ``config`` and ``known_hosts``; it is what
+cvs-core copies into containers. ``partition(i)`` downs node i's bridge port: new connections
+time out (ConnectTimeout), established ones hang until their own timeouts. ``stop_sshd(i)``
+closes port 22 (connections are refused) and leaves established sessions alone.
+
+Environment: ``CVS_HARNESS_CACHE`` (cache dir), ``CVS_STORAGE_DRIVER`` (overlay2 / vfs; probed
+when unset), ``CVS_RUNC_WRAPPER`` (auto / 0 / 1), ``CVS_KEEP_ON_FAIL=1`` (keep a failed start
+for debugging), ``CVS_DOCKER_CLI``; the CLI and the pytest fixture also read
+``CVS_HARNESS_PREFIX`` / ``CVS_HARNESS_SUBNET``.
+
+Stopping ends exactly what ``start()`` made: the processes it spawned (verified by their command
+line, never by name), everything inside the namespaces it created, the namespaces, the bridge,
+the cgroups named after its nodes. State lives in ``<workdir>/state.json``, so ``down`` from
+another process (or a later ``start()`` on the same workdir) cleans up after a crashed run.
+
+Command line: ``python harness/docker_cluster.py up N [DIR] | down [DIR] | status [DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+HARNESS_DIR = Path(__file__).resolve().parent
+NODE_SCRIPT = HARNESS_DIR / "node_harness.sh"
+BUILD_SCRIPT = HARNESS_DIR / "build_images.sh"
+INSTALL_SCRIPT = HARNESS_DIR / "install_sshd_from_bundle.sh"
+CAPFILTER = HARNESS_DIR / "runc-capfilter"
+
+IMAGE_WITH_SSHD = "cvs-test/with-sshd:latest"
+IMAGE_NO_SSHD = "cvs-test/no-sshd:latest"
+NODE_SHARE = "/run/cvs"  # the workdir, as every node (and a container with -v) sees it
+SSHD_BUNDLE_IN_NODE = f"{NODE_SHARE}/sshd-bundle.tar"
+INSTALL_SSHD_IN_NODE = f"{NODE_SHARE}/install_sshd_from_bundle.sh"
+
+DEFAULT_WORKDIR = Path("/tmp/cvs-docker-cluster")
+DEFAULT_PREFIX = "node"
+DEFAULT_SUBNET = "10.77.0"
+STD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SSHD = "/usr/sbin/sshd"
+# Bumped when the cached artefacts' layout changes, so old caches are not reused.
+CACHE_FORMAT = "1"
+# Changes applied at `docker import`: an imported rootfs has no config at all.
+IMPORT_CHANGES = ("--change", f"ENV PATH={STD_PATH}", "--change", 'CMD ["/bin/bash"]')
+BRIDGE_ALIAS = "cvs-core docker harness"
+
+# tool -> Debian package, for prerequisites_missing()
+_TOOLS = {
+    "dockerd": "docker.io",
+    "containerd": "docker.io",
+    "runc": "docker.io",
+    "docker": "docker.io",
+    "nsenter": "util-linux",
+    "unshare": "util-linux",
+    "ip": "iproute2",
+    "sshd": "openssh-server",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+    "sudo": "sudo",
+    "pgrep": "procps",
+    "tar": "tar",
+    "ldd": "libc-bin",
+    "dpkg": "dpkg",
+}
+
+
+class CommandError(subprocess.CalledProcessError):
+    """A CalledProcessError whose message shows the command's stderr (test failures then say
+    why docker refused)."""
+
+    def __str__(self) -> str:
+        err = (self.stderr or "").strip()
+        return super().__str__() + (f"\nstderr: {err[-2000:]}" if err else "")
+
+
+def _log(msg: str) -> None:
+    print(f"[docker-harness {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _which(tool: str) -> str | None:
+    # root's PATH may lack the sbin directories (sudo-less shells, CI): look there too
+    return shutil.which(tool) or shutil.which(tool, path=STD_PATH)
+
+
+def docker_cli() -> str:
+    """The docker client: $CVS_DOCKER_CLI, else docker.io's own (the daemon's version), else
+    whatever `docker` is on PATH."""
+    env = os.environ.get("CVS_DOCKER_CLI")
+    if env:
+        return env
+    if os.access("/usr/bin/docker", os.X_OK):
+        return "/usr/bin/docker"
+    return _which("docker") or "docker"
+
+
+def prerequisites_missing() -> str | None:
+    """Why the docker harness cannot run here, or None when it can."""
+    if sys.platform != "linux":
+        return "needs Linux (network namespaces, dockerd)"
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, mounts, one dockerd per node)"
+    missing = sorted({pkg for tool, pkg in _TOOLS.items() if not _which(tool)})
+    if not os.access(SSHD, os.X_OK):
+        missing = sorted({*missing, "openssh-server"})
+    if missing:
+        return (
+            f"missing Debian packages: {' '.join(missing)} "
+            "(apt-get install -y docker.io sudo iproute2 procps util-linux "
+            "openssh-server openssh-client)"
+        )
+    if not Path("/sys/fs/cgroup").is_dir():
+        return "no /sys/fs/cgroup: dockerd cannot run"
+    try:
+        probe = subprocess.run(
+            ["unshare", "--mount", "--net", "--pid", "--fork", "true"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"cannot create namespaces: {e}"
+    if probe.returncode != 0:
+        return f"cannot create namespaces here: {probe.stderr.strip()[:200]}"
+    return None
+
+
+# --------------------------------------------------------------------------------- cache
+def cache_root() -> Path:
+    env = os.environ.get("CVS_HARNESS_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cvs-core" / "docker-harness"
+
+
+def _cache_key() -> str:
+    """Changes whenever a built artefact would: the build scripts, or the host binaries and
+    engine they are made from / imported with."""
+    h = hashlib.sha256(CACHE_FORMAT.encode())
+    for script in (BUILD_SCRIPT, INSTALL_SCRIPT):
+        h.update(script.read_bytes())
+    for tool in ("sshd", "ssh-keygen", "ssh", "bash", "dash", "ls", "tar", "dockerd"):
+        path = _which(tool)
+        if path:
+            st = os.stat(path)
+            h.update(f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for lib in ("/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/openssh/sftp-server"):
+        with contextlib.suppress(OSError):
+            st = os.stat(lib)
+            h.update(f"{lib}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive flock: two harnesses starting at once build the cache only once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_artefacts() -> Path:
+    """The cache entry holding the rootfs tars, the sshd bundle and the host CA; built with
+    build_images.sh on first use (older entries are pruned)."""
+    root = cache_root()
+    entry = root / _cache_key()
+    if (entry / "complete").exists():
+        with contextlib.suppress(OSError):
+            os.utime(entry)  # "last used", for the pruning below
+        return entry
+    with _locked(root / ".lock"):
+        if (entry / "complete").exists():
+            return entry
+        t0 = time.monotonic()
+        _log(f"building test images and sshd bundle into {entry} (once per cache key)")
+        tmp = root / f".{entry.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        proc = subprocess.run(
+            ["bash", str(BUILD_SCRIPT), str(tmp)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PATH": STD_PATH},
+        )
+        if proc.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RuntimeError(f"build_images.sh failed:\n{proc.stderr[-3000:]}")
+        (tmp / "complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+        # entries of other keys (older checkouts, upgraded packages) unused for a day: a
+        # harness of another checkout may still be running from a recent one
+        for old in root.iterdir():
+            stale = time.time() - old.stat().st_mtime > 86400
+            if old.is_dir() and not old.name.startswith(".") and old.name != entry.name and stale:
+                shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(entry, ignore_errors=True)
+        tmp.rename(entry)
+        _log(f"built in {time.monotonic() - t0:.1f}s")
+    return entry
+
+
+# ------------------------------------------------------------------------------ helpers
+def _run(argv: list[str], *, check: bool = True, timeout: float = 60, **kw: Any):
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(argv)} failed (rc={proc.returncode}): {proc.stderr.strip()[:2000]}"
+        )
+    return proc
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for its parent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _wait_gone(pid: int, timeout: float, popen: subprocess.Popen | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if popen is not None:
+            if popen.poll() is not None:
+                return True
+        elif not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _kill(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def _descendants(root: int) -> list[int]:
+    found: list[int] = []
+    frontier = [root]
+    while frontier:
+        nxt = [c for p in frontier for c in _children(p)]
+        found.extend(nxt)
+        frontier = nxt
+    return found
+
+
+def _banner(addr: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((addr, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            return s.recv(64).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def _docker_ping(sock: Path, timeout: float = 1.0) -> bool:
+    """dockerd answers its API (GET /_ping) on the unix socket."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(sock))
+            s.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            return data.startswith(b"HTTP/1.") and b" 200 " in data.split(b"\r\n", 1)[0]
+    except OSError:
+        return False
+
+
+def _keygen(path: Path, comment: str) -> None:
+    if not path.exists():
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
+    path.chmod(0o600)
+
+
+def _is_docker_save(path: Path) -> bool:
+    try:
+        with tarfile.open(path) as tf:
+            return any(m.name in ("manifest.json", "./manifest.json") for m in tf.getmembers())
+    except (tarfile.TarError, OSError):
+        return False
+
+
+def _overlay_works(scratch: Path) -> bool:
+    """Can overlayfs be mounted on this filesystem? (overlay2 needs it; else vfs.) Probed in a
+    throw-away mount namespace so nothing is left mounted."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    for d in ("l", "u", "w", "m"):
+        (scratch / d).mkdir(parents=True)
+    opts = f"lowerdir={scratch}/l,upperdir={scratch}/u,workdir={scratch}/w"
+    try:
+        proc = subprocess.run(
+            ["unshare", "--mount", "mount", "-t", "overlay", "overlay", "-o", opts, f"{scratch}/m"],
+            capture_output=True,
+            timeout=10,
+        )
+        return proc.returncode == 0
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _marker(name: str, workdir: Path) -> bytes:
+    """What the command line of a node's unshare / PID 1 contains: proof that a PID is ours."""
+    return b"node_harness.sh\0init\0" + name.encode() + b"\0" + str(workdir).encode() + b"\0"
+
+
+# -------------------------------------------------------------------------------- teardown
+def _teardown(workdir: Path, popens: dict[str, subprocess.Popen] | None = None) -> list[str]:
+    """Undo everything state.json records. Returns problems (empty: all clean)."""
+    state_file = workdir / "state.json"
+    if not state_file.exists():
+        return []
+    t0 = time.monotonic()
+    state = json.loads(state_file.read_text())
+    problems: list[str] = []
+    popens = popens or {}
+    nodes = state.get("nodes", [])
+    if nodes:
+        with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+            for res in pool.map(lambda nd: _stop_node(nd, workdir, popens.get(nd["name"])), nodes):
+                problems.extend(res)
+    # backstop: anything still inside a network namespace WE created is ours (a node's PID
+    # namespace normally dies with its PID 1 already)
+    for ns in state.get("netns", []):
+        if not Path(f"/run/netns/{ns}").exists():
+            continue
+        pids = _run(["ip", "netns", "pids", ns], check=False).stdout.split()
+        for p in pids:
+            _kill(int(p), signal.SIGKILL)
+        for p in pids:
+            _wait_gone(int(p), 5)
+        r = _run(["ip", "netns", "del", ns], check=False)
+        if r.returncode != 0:
+            problems.append(f"ip netns del {ns}: {r.stderr.strip()}")
+    bridge = state.get("bridge", "")
+    if state.get("iptables_rule"):
+        _run(["iptables", "-D", "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"], check=False)
+    if state.get("bridge_created") and Path(f"/sys/class/net/{bridge}").exists():
+        r = _run(["ip", "link", "del", bridge], check=False)
+        if r.returncode != 0:
+            problems.append(f"ip link del {bridge}: {r.stderr.strip()}")
+    for cg in state.get("cgroups", []):
+        problems.extend(_remove_cgroup(cg))
+    # keep the logs (workdir/logs) and the keys (workdir/ssh) for the next run; drop the rest
+    logs = workdir / "logs"
+    logs.mkdir(exist_ok=True)
+    for nd in nodes:
+        d = workdir / "nodes" / nd["name"]
+        for f in d.glob("*.log"):
+            with contextlib.suppress(OSError):
+                shutil.copyfile(f, logs / f"{nd['name']}-{f.name}")
+    shutil.rmtree(workdir / "nodes", ignore_errors=True)
+    if (workdir / "nodes").exists():
+        problems.append(f"could not remove {workdir / 'nodes'}")
+    state_file.unlink()
+    _log(
+        f"down in {time.monotonic() - t0:.1f}s"
+        + (f" ({len(problems)} problems)" if problems else "")
+    )
+    return problems
+
+
+def _stop_node(nd: dict, workdir: Path, popen: subprocess.Popen | None) -> list[str]:
+    name, upid = nd["name"], nd.get("unshare_pid")
+    if not upid:
+        return []
+    marker = _marker(name, workdir)
+    if marker not in _cmdline(upid) or not _alive(upid):
+        if popen is not None:
+            popen.poll()
+        return []  # already gone (or the PID was reused by something else: not ours to kill)
+    sock = workdir / "nodes" / name / "docker.sock"
+    # 1. remove containers through the engine, so containerd/runc clean up their cgroups
+    if _docker_ping(sock):
+        cli = [docker_cli(), "-H", f"unix://{sock}"]
+        with contextlib.suppress(subprocess.TimeoutExpired, RuntimeError):
+            ids = _run([*cli, "ps", "-aq"], check=False, timeout=10).stdout.split()
+            if ids:
+                _run([*cli, "rm", "-f", *ids], check=False, timeout=30)
+    # 2. TERM the node's PID 1 (it forwards TERM to dockerd and sshd and exits when they are
+    #    gone; then the kernel kills whatever is left in the node's PID namespace), then unshare
+    init = [c for c in _children(upid) if marker in _cmdline(c)]
+    for pid in init:
+        _kill(pid, signal.SIGTERM)
+    if not _wait_gone(upid, 15, popen):
+        _kill(upid, signal.SIGTERM)  # unshare --kill-child: its death SIGKILLs the node's PID 1
+        if not _wait_gone(upid, 5, popen):
+            _kill(upid, signal.SIGKILL)
+            _wait_gone(upid, 5, popen)
+    if popen is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(5)
+    return [f"{name}: unshare {upid} still running"] if _alive(upid) else []
+
+
+def _remove_cgroup(name: str) -> list[str]:
+    """rmdir (depth first) the cgroup directories dockerd made under --cgroup-parent /NAME, in
+    every v1 hierarchy and in the v2 tree; retried briefly while exiting tasks drain."""
+    roots = [Path("/sys/fs/cgroup")] + [p for p in Path("/sys/fs/cgroup").iterdir() if p.is_dir()]
+    problems = []
+    for root in roots:
+        top = root / name
+        if not top.is_dir():
+            continue
+        for _ in range(50):
+            dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+            for d in [*dirs, top]:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            if not top.exists():
+                break
+            time.sleep(0.1)
+        if top.exists():
+            problems.append(f"cgroup {top} not removed")
+    return problems
+
+
+class ClusterBusy(RuntimeError):
+    """The subnet (so its bridge and namespaces) belongs to another harness that is running."""
+
+
+def _proc_start(pid: int) -> str:
+    """Start time of a process (field 22 of /proc/PID/stat): with the PID, it names the
+    process uniquely (guards against PID reuse)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _cluster_live(state: dict, workdir: Path) -> bool:
+    """Is the cluster of this state in use? One left up on purpose (`up` on the command line:
+    detached) is while its nodes run; any other while the process that started it lives
+    (even mid-start, before its nodes run). A cluster whose owner died (a killed test
+    session) is stale, and a new start may take its place."""
+    if state.get("detached"):
+        return any(
+            _marker(nd["name"], workdir) in _cmdline(nd.get("unshare_pid") or 0)
+            for nd in state.get("nodes", [])
+        )
+    owner = int(state.get("owner_pid") or 0)
+    return owner > 0 and _alive(owner) and _proc_start(owner) == state.get("owner_start")
+
+
+def _claim_bridge(bridge: str, own_workdir: Path) -> None:
+    """A bridge named like ours exists. If its alias says a harness made it: when that harness
+    is live, raise ClusterBusy; when it is stale, tear it down through its state file or, when
+    that state is gone (its workdir was deleted), reclaim what hangs off the bridge. A bridge
+    without our alias is not ours: refuse."""
+    alias_file = Path(f"/sys/class/net/{bridge}/ifalias")
+    alias = alias_file.read_text().strip() if alias_file.exists() else ""
+    if not alias.startswith(BRIDGE_ALIAS + " "):
+        # not ours, or another harness's that has not set its alias yet: either way not usable
+        raise ClusterBusy(f"network interface {bridge} exists and was not created by this harness")
+    other = Path(alias[len(BRIDGE_ALIAS) + 1 :])
+    state_file = other / "state.json"
+    if state_file.exists() and other != own_workdir:
+        state = json.loads(state_file.read_text())
+        if _cluster_live(state, other):
+            raise ClusterBusy(
+                f"subnet {state.get('subnet')} is used by a running harness (workdir {other}, "
+                f"owner pid {state.get('owner_pid')}): stop it with `python {__file__} down "
+                f"{other}` or use another subnet (or subnet='auto')"
+            )
+        _log(f"stopping a stale harness (workdir {other}, owner gone) on {bridge}")
+        problems = _teardown(other)
+        if problems:
+            raise RuntimeError(f"could not stop the stale harness in {other}: {problems}")
+    if Path(f"/sys/class/net/{bridge}").exists():
+        _log(f"reclaiming {bridge} left by a harness in {other} whose state is gone")
+        _reclaim_orphan(bridge)
+
+
+def _reclaim_orphan(bridge: str) -> None:
+    """Remove a harness bridge (marked ours by its alias) and the node namespaces plugged into
+    it: each port's alias names its node's netns, and every process in those namespaces (the
+    node's unshare included) was started by a harness."""
+    netns = []
+    for port in Path(f"/sys/class/net/{bridge}/brif").iterdir():
+        alias = Path(f"/sys/class/net/{port.name}/ifalias")
+        ns = alias.read_text().strip() if alias.exists() else ""
+        if ns.startswith("cvs-") and Path(f"/run/netns/{ns}").exists():
+            netns.append(ns)
+    for ns in netns:
+        pids = [int(p) for p in _run(["ip", "netns", "pids", ns], check=False).stdout.split()]
+        for pid in pids:
+            _kill(pid, signal.SIGKILL)
+        for pid in pids:
+            _wait_gone(pid, 5)
+        _run(["ip", "netns", "del", ns], check=False)
+        _remove_cgroup(ns)  # the node's cgroup parent has its netns's name
+    _run(["ip", "link", "del", bridge], check=False)
+    if Path(f"/sys/class/net/{bridge}").exists():
+        raise RuntimeError(f"could not remove the stale bridge {bridge}")
+
+
+def _net_id(subnet: str) -> str:
+    """6 hex digits naming a subnet's kernel objects (interface names are <= 15 bytes)."""
+    return "".join(f"{int(o):02x}" for o in subnet.split("."))
+
+
+def _bridge_live(subnet: str) -> bool:
+    """Does a running harness own this subnet's bridge (so 'auto' should skip it)?"""
+    bridge = f"cvsbr-{_net_id(subnet)}"
+    alias_file = Path(f"/sys/class/net/{bridge}/ifalias")
+    if not alias_file.exists():
+        return False
+    alias = alias_file.read_text().strip()
+    if not alias.startswith(BRIDGE_ALIAS + " "):
+        return True  # not ours: unusable
+    other = Path(alias[len(BRIDGE_ALIAS) + 1 :])
+    try:
+        return _cluster_live(json.loads((other / "state.json").read_text()), other)
+    except (OSError, ValueError):
+        return False
+
+
+# ------------------------------------------------------------------------------- cluster
+class DockerCluster:
+    """N simulated nodes, each with its own dockerd and sshd. ``start()`` / ``stop()`` (both
+    idempotent), or use it as a context manager. See the module docstring."""
+
+    IMAGE_WITH_SSHD = IMAGE_WITH_SSHD
+    IMAGE_NO_SSHD = IMAGE_NO_SSHD
+    NODE_SHARE = NODE_SHARE
+    SSHD_BUNDLE_IN_NODE = SSHD_BUNDLE_IN_NODE
+    INSTALL_SSHD_IN_NODE = INSTALL_SSHD_IN_NODE
+    # the same, as attribute-style names: paths valid inside every node (and inside a
+    # container started with -v /run/cvs:/run/cvs)
+    node_share = NODE_SHARE
+    sshd_bundle_in_node = SSHD_BUNDLE_IN_NODE
+    install_sshd_in_node = INSTALL_SSHD_IN_NODE
+
+    def __init__(
+        self,
+        n: int = 3,
+        workdir: str | Path | None = None,
+        subnet: str = DEFAULT_SUBNET,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        storage_driver: str | None = None,
+        load_images: bool = True,
+    ) -> None:
+        if not 1 <= n <= 200:
+            raise ValueError("n must be 1..200")
+        octet = r"(25[0-5]|2[0-4]\d|1?\d?\d)"
+        if subnet != "auto" and not re.fullmatch(rf"{octet}(\.{octet}){{2}}", subnet):
+            raise ValueError(f"subnet must be three octets like 10.77.0 or 'auto', got {subnet!r}")
+        if not re.fullmatch(r"[a-z][a-z0-9-]{0,30}", prefix):
+            raise ValueError("prefix must be a lowercase hostname prefix like 'node'")
+        self.n = n
+        self.prefix = prefix
+        # 'auto': the first 10.77.X/24 no running harness uses (re-picked at start() if another
+        # harness takes it meanwhile), so concurrent test sessions do not collide
+        self.auto_subnet = subnet == "auto"
+        self._tried: set[str] = set()
+        self._set_subnet(self._next_subnet() if self.auto_subnet else subnet)
+        self.workdir = Path(workdir or DEFAULT_WORKDIR).resolve()
+        if self.workdir == Path("/run") or Path("/run") in self.workdir.parents:
+            # each node mounts a private tmpfs on /run before it binds the workdir
+            raise ValueError("workdir must not be under /run")
+        # hostnames only live in each node's UTS namespace: two clusters may both have node1..
+        self.names = [f"{prefix}{i + 1}" for i in range(n)]
+        self.user = "root"
+        self.storage_driver = storage_driver or os.environ.get("CVS_STORAGE_DRIVER") or ""
+        self.load_images = load_images
+        self.runtime = ""
+        self.image_ids: dict[str, str] = {}
+        self.artefacts: Path | None = None
+        self._popens: dict[str, subprocess.Popen] = {}
+        self._state: dict[str, Any] = {}
+
+    def _set_subnet(self, subnet: str) -> None:
+        # kernel objects are named after the subnet, not the hostnames: clusters on different
+        # subnets never collide, one subnet can only have one cluster
+        nid = _net_id(subnet)
+        self.subnet = subnet
+        self.hosts = [f"{subnet}.{11 + i}" for i in range(self.n)]
+        self.bridge = f"cvsbr-{nid}"
+        self.netns = [f"cvs-{nid}-{i + 1}" for i in range(self.n)]
+        self.veths = [f"cv{nid}-{i + 1}" for i in range(self.n)]
+        self.cgroups = list(self.netns)  # dockerd --cgroup-parent /<netns name>
+
+    def _next_subnet(self) -> str:
+        for x in range(256):
+            cand = f"10.77.{x}"
+            if cand not in self._tried and not _bridge_live(cand):
+                return cand
+        raise ClusterBusy("every 10.77.X/24 subnet is in use by a running harness")
+
+    # -- layout ----------------------------------------------------------------------------
+    @property
+    def ssh_dir(self) -> Path:
+        return self.workdir / "ssh"
+
+    @property
+    def key(self) -> Path:
+        return self.ssh_dir / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.ssh_dir / "known_hosts"
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.ssh_dir / "ssh_config"
+
+    @property
+    def host_ca_pub(self) -> Path:
+        return self.ssh_dir / "host_ca.pub"
+
+    @property
+    def sshd_bundle(self) -> Path:
+        """Host path of the sshd bundle; ``SSHD_BUNDLE_IN_NODE`` inside nodes."""
+        return self.workdir / "sshd-bundle.tar"
+
+    @property
+    def install_sshd_script(self) -> Path:
+        """Host path of the installer; ``INSTALL_SSHD_IN_NODE`` inside nodes."""
+        return self.workdir / "install_sshd_from_bundle.sh"
+
+    @property
+    def variant_tar(self) -> Path:
+        """A rootfs tar different from IMAGE_WITH_SSHD's (it adds /etc/cvs-variant), for
+        ``import_image(i, cluster.variant_tar, IMAGE_WITH_SSHD)`` image-skew tests."""
+        return self._artefact("variant.tar")
+
+    @property
+    def rootfs_tars(self) -> dict[str, Path]:
+        return {
+            IMAGE_WITH_SSHD: self._artefact("with-sshd.tar"),
+            IMAGE_NO_SSHD: self._artefact("no-sshd.tar"),
+        }
+
+    def _artefact(self, name: str) -> Path:
+        if self.artefacts is None:
+            raise RuntimeError("start() the cluster first")
+        return self.artefacts / name
+
+    def node_dir(self, i: int) -> Path:
+        return self.workdir / "nodes" / self.names[i]
+
+    def docker_socket(self, i: int) -> Path:
+        return self.node_dir(i) / "docker.sock"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self, timeout: float = 90.0) -> DockerCluster:
+        why = prerequisites_missing()
+        if why:
+            raise RuntimeError(f"docker harness unavailable: {why}")
+        if len(str(self.docker_socket(0))) > 100:
+            raise ValueError(f"workdir {self.workdir} is too long for a unix socket path")
+        t_all = time.monotonic()
+        if (self.workdir / "state.json").exists():
+            _log(f"state exists in {self.workdir}: stopping the old cluster first")
+            self.stop()
+        while True:
+            try:
+                self._start(timeout)
+                break
+            except ClusterBusy:
+                self.stop()  # only what this attempt made: the other cluster is not in our state
+                if not self.auto_subnet:
+                    raise
+                self._tried.add(self.subnet)
+                self._set_subnet(self._next_subnet())
+            except BaseException:
+                if os.environ.get("CVS_KEEP_ON_FAIL") == "1":
+                    _log(f"start failed; CVS_KEEP_ON_FAIL=1 keeps it: python {__file__} down")
+                else:
+                    self.stop()
+                raise
+        _log(f"UP: {self.n} nodes in {time.monotonic() - t_all:.1f}s ({' '.join(self.hosts)})")
+        return self
+
+    def _start(self, timeout: float) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if Path(f"/sys/class/net/{self.bridge}").exists():
+            _claim_bridge(self.bridge, self.workdir)
+        for ns in self.netns:
+            if Path(f"/run/netns/{ns}").exists():
+                raise RuntimeError(f"network namespace {ns} exists and was not created here")
+        self._check_subnet_free()
+        t0 = time.monotonic()
+        self.artefacts = ensure_artefacts()
+        self._write_files()
+        if not self.storage_driver:
+            self.storage_driver = (
+                "overlay2" if _overlay_works(self.workdir / ".overlay-probe") else "vfs"
+            )
+        self._choose_runtime()
+        _log(f"files ready in {time.monotonic() - t0:.1f}s (storage driver {self.storage_driver})")
+
+        self._state = {
+            "version": 1,
+            "workdir": str(self.workdir),
+            "n": self.n,
+            "prefix": self.prefix,
+            "subnet": self.subnet,
+            "bridge": self.bridge,
+            "bridge_created": False,
+            "iptables_rule": False,
+            "netns": [],
+            "nodes": [],
+            "cgroups": [],  # added with each netns: the names are only ours once that exists
+            # who owns it: a later start() on this subnet takes over only when the owner is
+            # gone (and the cluster was not left up on purpose with `up`: detached)
+            "owner_pid": os.getpid(),
+            "owner_start": _proc_start(os.getpid()),
+            "detached": False,
+            "hosts": self.hosts,
+            "names": self.names,
+            "ssh_config": str(self.ssh_config),
+            "key": str(self.key),
+            "known_hosts": str(self.known_hosts),
+            "user": self.user,
+            "artefacts": str(self.artefacts),
+        }
+        # saved before the bridge exists: whoever finds our bridge also finds our state (and
+        # sees we are alive), so nobody takes a cluster over while it is being built
+        self._save_state()
+        t0 = time.monotonic()
+        self._make_network()
+        _log(f"bridge + {self.n} netns in {time.monotonic() - t0:.1f}s")
+        t0 = time.monotonic()
+        self._launch_nodes()
+        self._wait_ready(timeout)
+        _log(f"{self.n} dockerd + sshd ready in {time.monotonic() - t0:.1f}s")
+        if self.load_images:
+            t0 = time.monotonic()
+            self._load_images()
+            _log(f"images on {self.n} nodes in {time.monotonic() - t0:.1f}s")
+        self._smoke()
+
+    def stop(self) -> None:
+        """Tear down everything start() made (idempotent; also after a crashed start)."""
+        problems = _teardown(self.workdir, self._popens)
+        self._popens.clear()
+        self._state = {}
+        if problems:
+            _log("stop left problems: " + "; ".join(problems))
+
+    @property
+    def running(self) -> bool:
+        return bool(self._state) and (self.workdir / "state.json").exists()
+
+    def __enter__(self) -> DockerCluster:
+        # `with DockerCluster(3) as c:` and `with DockerCluster(3).start() as c:` both work
+        return self if self.running else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- start steps -----------------------------------------------------------------------
+    def _save_state(self) -> None:
+        tmp = self.workdir / "state.json.tmp"
+        tmp.write_text(json.dumps(self._state, indent=2))
+        tmp.rename(self.workdir / "state.json")
+
+    def _check_subnet_free(self) -> None:
+        """Refuse a subnet the machine already uses: our addresses must be ours alone."""
+        out = _run(["ip", "-4", "-o", "addr", "show"]).stdout
+        if re.search(rf"\binet {re.escape(self.subnet)}\.\d+/", out):
+            raise ClusterBusy(f"{self.subnet}.0/24 is already in use on this machine: pick another")
+
+    def _choose_runtime(self) -> None:
+        # docker 20.10 --privileged requests every cap the kernel knows; if some are missing
+        # from our bounding set (CAP_SYS_RESOURCE on the Firecracker sandbox) runc fails
+        # "unable to apply caps" -> make runc-capfilter the default runtime
+        # (CVS_RUNC_WRAPPER=0 disables, =1 forces)
+        mode = os.environ.get("CVS_RUNC_WRAPPER", "auto")
+        missing = _run([str(CAPFILTER), "--print-missing"]).stdout.split()
+        if mode == "1" or (missing and mode != "0"):
+            dest = self.workdir / "bin" / "runc-capfilter"
+            dest.parent.mkdir(exist_ok=True)
+            shutil.copyfile(CAPFILTER, dest)
+            dest.chmod(0o755)
+            self.runtime = f"{NODE_SHARE}/bin/runc-capfilter"
+            if missing:
+                _log(f"caps missing from the bounding set: {' '.join(missing)} -> runc-capfilter")
+        else:
+            self.runtime = ""
+
+    def _write_files(self) -> None:
+        assert self.artefacts is not None
+        self.ssh_dir.mkdir(parents=True, exist_ok=True)
+        (self.ssh_dir / "hostkeys").mkdir(exist_ok=True)
+        _keygen(self.key, "cvs-core-docker-harness-client")
+        pub = Path(f"{self.key}.pub").read_text()
+        (self.ssh_dir / "authorized_keys").write_text(pub)
+        ca = self.artefacts / "host_ca"
+        shutil.copyfile(f"{ca}.pub", self.host_ca_pub)
+        for src, dest in (
+            (self.artefacts / "sshd-bundle.tar", self.sshd_bundle),
+            (self.artefacts / "install_sshd_from_bundle.sh", self.install_sshd_script),
+        ):
+            dest.unlink(missing_ok=True)
+            try:
+                os.link(src, dest)  # same filesystem: no copy of the 17 MB bundle
+            except OSError:
+                shutil.copy2(src, dest)
+        (self.workdir / "docker-cli").mkdir(exist_ok=True)
+
+        known: list[str] = []
+        aliases: list[str] = []
+        for name, ip in zip(self.names, self.hosts):
+            hk = self.ssh_dir / "hostkeys" / name
+            _keygen(hk, f"{name}-host")  # kept across restarts: known_hosts stays valid
+            # signed as well, so the node's sshd and container sshds are vouched for alike
+            _run(["ssh-keygen", "-q", "-s", str(ca), "-h", "-I", name, f"{hk}.pub"])
+            key = " ".join(Path(f"{hk}.pub").read_text().split()[:2])
+            known.append(f"{name},{ip} {key}")
+            aliases.append(f"Host {name}\n  HostName {ip}\n")
+        ca_key = " ".join(Path(f"{ca}.pub").read_text().split()[:2])
+        patterns = f"{self.subnet}.*,[{self.subnet}.*]:*,{self.prefix}*,[{self.prefix}*]:*"
+        known.append(f"@cert-authority {patterns} {ca_key}")
+        self.known_hosts.write_text("\n".join(known) + "\n")
+        common = (
+            "  User root\n"
+            "  IdentitiesOnly yes\n"
+            "  IdentityAgent none\n"
+            "  GlobalKnownHostsFile /dev/null\n"
+            "  StrictHostKeyChecking yes\n"
+            "  CheckHostIP no\n"
+            "  UpdateHostKeys no\n"
+            "  PasswordAuthentication no\n"
+            "  KbdInteractiveAuthentication no\n"
+            "  BatchMode yes\n"
+            "  LogLevel ERROR\n"
+            "  ConnectTimeout 5\n"
+            # OpenSSH 9's default sntrup761 key exchange costs ~100 ms of client CPU per connect
+            "  KexAlgorithms curve25519-sha256\n"
+        )
+        self.ssh_config.write_text(
+            "# generated by cvs-core harness/docker_cluster.py\n"
+            + "".join(aliases)
+            + "Host *\n"
+            + f"  IdentityFile {self.key}\n"
+            + f"  UserKnownHostsFile {self.known_hosts}\n"
+            + common
+        )
+
+        hosts_lines = ["127.0.0.1 localhost"] + [
+            f"{ip} {name}" for name, ip in zip(self.names, self.hosts)
+        ]
+        for name in self.names:
+            d = self.workdir / "nodes" / name
+            shutil.rmtree(d, ignore_errors=True)
+            for sub in ("docker", "etc-docker", "tmp", "root/.ssh"):
+                (d / sub).mkdir(parents=True, exist_ok=True)
+            (d / "tmp").chmod(0o1777)
+            (d / "root").chmod(0o700)
+            (d / "root" / ".ssh").chmod(0o700)
+            (d / "daemon.json").write_text("{}\n")
+            (d / "etc-hostname").write_text(f"{name}\n")
+            # the node's own name resolves to its bridge address (not Debian's 127.0.1.1), as
+            # on a real cluster where MPI-style tools hand their hostname to peers
+            (d / "etc-hosts").write_text("\n".join(hosts_lines) + "\n")
+            # root's ~/.ssh on the node looks like a real user's: authorized_keys, the cluster
+            # key (node-to-node ssh, and what cvs-core copies into containers) and a config
+            rs = d / "root" / ".ssh"
+            (rs / "authorized_keys").write_text(pub)
+            shutil.copyfile(self.key, rs / "id_ed25519")
+            (rs / "id_ed25519").chmod(0o600)
+            shutil.copyfile(f"{self.key}.pub", rs / "id_ed25519.pub")
+            shutil.copyfile(self.known_hosts, rs / "known_hosts")
+            (rs / "config").write_text(
+                "# generated by cvs-core harness/docker_cluster.py (node view)\n"
+                + "".join(aliases)
+                + "Host *\n"
+                + "  IdentityFile /root/.ssh/id_ed25519\n"
+                + "  UserKnownHostsFile /root/.ssh/known_hosts\n"
+                + common
+            )
+            nd = f"{NODE_SHARE}/nodes/{name}"
+            hk = f"{NODE_SHARE}/ssh/hostkeys/{name}"
+            (d / "sshd_config").write_text(
+                f"# node {name} (generated by cvs-core harness/docker_cluster.py)\n"
+                "Port 22\n"
+                "ListenAddress 0.0.0.0\n"
+                f"HostKey {hk}\n"
+                f"HostCertificate {hk}-cert.pub\n"
+                "PidFile none\n"
+                f"AuthorizedKeysFile .ssh/authorized_keys {NODE_SHARE}/ssh/authorized_keys\n"
+                "PermitRootLogin prohibit-password\n"
+                "PubkeyAuthentication yes\n"
+                "PasswordAuthentication no\n"
+                "KbdInteractiveAuthentication no\n"
+                "UsePAM no\n"
+                "StrictModes no\n"
+                "UseDNS no\n"
+                "PrintMotd no\n"
+                "PrintLastLog no\n"
+                "MaxStartups 100:30:200\n"
+                "MaxSessions 100\n"
+                f"SetEnv CVS_NODE={name}\n"
+                "Subsystem sftp /usr/lib/openssh/sftp-server\n"
+                f"# this node's harness files: {nd}\n"
+            )
+
+    def _make_network(self) -> None:
+        br = self.bridge
+        r = _run(["ip", "link", "add", br, "type", "bridge"], check=False)
+        if r.returncode != 0:
+            # another harness created it since _start() looked: never record (and so never
+            # delete) a bridge we did not create
+            raise ClusterBusy(f"ip link add {br}: {r.stderr.strip()}")
+        self._state["bridge_created"] = True
+        self._save_state()
+        # marks the bridge as ours, and says where the state is, for a later start's cleanup
+        _run(["ip", "link", "set", br, "alias", f"{BRIDGE_ALIAS} {self.workdir}"])
+        _run(["ip", "addr", "add", f"{self.subnet}.1/24", "dev", br])
+        _run(["ip", "link", "set", br, "up"])
+        # bridged node<->node frames go through iptables FORWARD when br_netfilter is loaded;
+        # a system dockerd (on a machine kind that pre-starts one) sets FORWARD policy DROP
+        if _which("iptables"):
+            rules = _run(["iptables", "-S", "FORWARD"], check=False).stdout
+            if "-P FORWARD DROP" in rules:
+                self._state["iptables_rule"] = True
+                self._save_state()
+                _run(["iptables", "-I", "FORWARD", "-i", br, "-o", br, "-j", "ACCEPT"])
+        for ns, veth, ip in zip(self.netns, self.veths, self.hosts):
+            r = _run(["ip", "netns", "add", ns], check=False)
+            if r.returncode != 0:
+                raise ClusterBusy(f"ip netns add {ns}: {r.stderr.strip()}")
+            self._state["netns"].append(ns)
+            self._state["cgroups"].append(ns)  # == self.cgroups[i]
+            self._save_state()
+            _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
+            # the port's alias names its netns: lets a later start reclaim an orphaned cluster
+            _run(["ip", "link", "set", veth, "alias", ns])
+            _run(["ip", "link", "set", veth, "master", br, "up"])
+            _run(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0"])
+            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+            _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+            # deliberately NO default route: nodes reach only <subnet>.0/24, so a stray
+            # `docker pull`, DNS lookup etc. fails fast ("network unreachable")
+
+    def _launch_nodes(self) -> None:
+        env = {
+            "PATH": STD_PATH,
+            "HOME": "/root",
+            "LANG": "C.UTF-8",
+            "CVS_NODE_DRIVER": self.storage_driver,
+            "CVS_NODE_RUNTIME": self.runtime,
+        }
+        for name, ns, cg in zip(self.names, self.netns, self.cgroups):
+            d = self.workdir / "nodes" / name
+            env["CVS_NODE_CGROUP"] = f"/{cg}"
+            argv = [
+                "nsenter",
+                f"--net=/run/netns/{ns}",
+                "unshare",
+                "--mount",
+                "--uts",
+                "--ipc",
+                "--pid",
+                "--fork",
+                "--kill-child",  # if unshare dies, the node's PID 1 (so the whole node) dies
+                "--mount-proc",
+                "--propagation",
+                "private",
+                "/bin/bash",
+                str(NODE_SCRIPT),
+                "init",
+                name,
+                str(self.workdir),
+            ]
+            with open(d / "unshare.log", "wb") as logf:
+                # own session: a Ctrl-C in the test's terminal does not reach the nodes;
+                # cwd "/": the node hides /tmp, where the caller's cwd may be
+                p = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env=dict(env),
+                    cwd="/",
+                )
+            self._popens[name] = p
+            self._state["nodes"].append({"name": name, "unshare_pid": p.pid})
+            self._save_state()
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = set(range(self.n))
+        while pending:
+            for i in sorted(pending):
+                name = self.names[i]
+                log = self.node_dir(i) / "dockerd.log"
+                p = self._popens[name]
+                died = p.poll() is not None
+                failed = log.exists() and "failed to start daemon" in log.read_text(
+                    errors="replace"
+                )
+                if died or failed:
+                    raise RuntimeError(f"node {name} failed to start:\n{self._log_tails(i)}")
+                if _docker_ping(self.docker_socket(i), 0.5) and _banner(self.hosts[i], 22, 0.5):
+                    pending.discard(i)
+            if pending:
+                if time.monotonic() > deadline:
+                    names = ", ".join(self.names[i] for i in sorted(pending))
+                    tails = self._log_tails(min(pending))
+                    raise RuntimeError(f"nodes not ready after {timeout:.0f}s: {names}\n{tails}")
+                time.sleep(0.1)
+
+    def _log_tails(self, i: int) -> str:
+        out = []
+        for f in ("unshare.log", "dockerd.log", "sshd.log"):
+            p = self.node_dir(i) / f
+            if p.exists():
+                lines = p.read_text(errors="replace").splitlines()[-15:]
+                out.append(f"--- {p}\n" + "\n".join(lines))
+        return "\n".join(out)
+
+    def _load_images(self) -> None:
+        assert self.artefacts is not None
+        saved = self.artefacts / "images.tar"
+        first = 0
+        if not saved.exists():
+            with _locked(cache_root() / ".lock"):
+                if not saved.exists():
+                    # import once on node 0, then save: every node (and every later start)
+                    # loads the same bytes, so image IDs are identical across nodes and runs
+                    for tag, tar in self.rootfs_tars.items():
+                        self.docker(0, "import", *IMPORT_CHANGES, str(tar), tag, timeout=300)
+                    tmp = saved.with_suffix(".tmp")
+                    self.docker(
+                        0, "save", "-o", str(tmp), IMAGE_WITH_SSHD, IMAGE_NO_SSHD, timeout=300
+                    )
+                    tmp.rename(saved)
+                    first = 1
+        with ThreadPoolExecutor(max_workers=self.n) as pool:
+            list(
+                pool.map(
+                    lambda i: self.docker(i, "load", "-q", "-i", str(saved), timeout=300),
+                    range(first, self.n),
+                )
+            )
+        for tag in (IMAGE_WITH_SSHD, IMAGE_NO_SSHD):
+            self.image_ids[tag] = self.image_id(0, tag)
+
+    def _smoke(self) -> None:
+        """Every node answers ssh (with strict host-key checking) under its own name."""
+
+        def check(i: int) -> None:
+            r = self.ssh(i, "hostname", timeout=30)
+            if r.returncode != 0 or r.stdout.strip() != self.names[i]:
+                raise RuntimeError(
+                    f"ssh smoke check on {self.names[i]} failed (rc={r.returncode}): "
+                    f"{r.stdout.strip()} {r.stderr.strip()}"
+                )
+
+        with ThreadPoolExecutor(max_workers=self.n) as pool:
+            list(pool.map(check, range(self.n)))
+
+    # -- using the nodes -------------------------------------------------------------------
+    def _docker_env(self) -> dict[str, str]:
+        # an isolated client config: the caller's ~/.docker (contexts, credential helpers,
+        # DOCKER_HOST) must not redirect the harness's commands
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+        env["DOCKER_CONFIG"] = str(self.workdir / "docker-cli")
+        return env
+
+    def docker(
+        self,
+        i: int,
+        *args: str,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
+        """The docker CLI against node i's engine, from the root namespace (text output)."""
+        argv = [docker_cli(), "-H", f"unix://{self.docker_socket(i)}", *map(str, args)]
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=timeout,
+            env=self._docker_env(),
+        )
+        if check and proc.returncode != 0:
+            raise CommandError(proc.returncode, argv, proc.stdout, proc.stderr)
+        return proc
+
+    def ssh_argv(self, i: int, *options: str) -> list[str]:
+        """argv prefix of an ssh to node i with the harness config (append the command)."""
+        return ["ssh", "-F", str(self.ssh_config), *options, f"{self.user}@{self.hosts[i]}"]
+
+    def ssh(
+        self,
+        i: int,
+        cmd: str,
+        *,
+        check: bool = False,
+        timeout: float = 60,
+        input: str | None = None,
+        options: tuple[str, ...] | list[str] = (),
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `cmd` (a shell string) on node i over ssh as root; strict host-key checking."""
+        argv = [*self.ssh_argv(i, *options), cmd]
+        proc = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise CommandError(proc.returncode, argv, proc.stdout, proc.stderr)
+        return proc
+
+    def image_id(self, i: int, ref: str) -> str:
+        return self.docker(i, "image", "inspect", "--format", "{{.Id}}", ref).stdout.strip()
+
+    def import_image(self, i: int, source: str | Path, tag: str) -> str:
+        """Put an image under `tag` on node i only; returns its ID. `source`: a rootfs tar or
+        directory (``docker import``, e.g. ``variant_tar``) or a ``docker save`` tar (loaded,
+        then tagged)."""
+        src = Path(source)
+        if src.is_dir():
+            tar = subprocess.run(
+                ["tar", "-C", str(src), "--numeric-owner", "-cf", "-", "."],
+                capture_output=True,
+                check=True,
+            ).stdout
+            argv = [
+                docker_cli(),
+                "-H",
+                f"unix://{self.docker_socket(i)}",
+                "import",
+                *IMPORT_CHANGES,
+                "-",
+                tag,
+            ]
+            subprocess.run(
+                argv,
+                input=tar,
+                capture_output=True,
+                check=True,
+                env=self._docker_env(),
+                timeout=300,
+            )
+        elif _is_docker_save(src):
+            out = self.docker(i, "load", "-i", str(src), timeout=300).stdout
+            m = re.search(r"Loaded image(?: ID)?: (\S+)", out)
+            if not m:
+                raise RuntimeError(f"docker load printed no image: {out}")
+            self.docker(i, "tag", m.group(1), tag)
+        else:
+            self.docker(i, "import", *IMPORT_CHANGES, str(src), tag, timeout=300)
+        return self.image_id(i, tag)
+
+    def reset_images(self, i: int | None = None) -> None:
+        """Put the original test images back under their tags (after import_image)."""
+        assert self.artefacts is not None
+        for j in range(self.n) if i is None else [i]:
+            self.docker(j, "load", "-q", "-i", str(self.artefacts / "images.tar"), timeout=300)
+
+    def partition(self, i: int) -> None:
+        """Cut node i off the network (its bridge port goes down): ssh to it times out, its
+        engine is still reachable through docker(i, ...)."""
+        _run(["ip", "link", "set", self.veths[i], "down"])
+
+    def heal(self, i: int) -> None:
+        _run(["ip", "link", "set", self.veths[i], "up"])
+
+    def init_pid(self, i: int) -> int:
+        """Root-namespace PID of node i's PID 1 (node_harness.sh)."""
+        name = self.names[i]
+        upid = self._unshare_pid(i)
+        marker = _marker(name, self.workdir)
+        for c in _children(upid):
+            if marker in _cmdline(c):
+                return c
+        raise RuntimeError(f"node {name} is not running")
+
+    def _unshare_pid(self, i: int) -> int:
+        if self._popens.get(self.names[i]):
+            return self._popens[self.names[i]].pid
+        state = json.loads((self.workdir / "state.json").read_text())
+        return int(state["nodes"][i]["unshare_pid"])
+
+    def nsenter(self, i: int, *cmd: str, check: bool = True, timeout: float = 60):
+        """Run a command inside all of node i's namespaces (as its root)."""
+        argv = ["nsenter", "-t", str(self.init_pid(i)), "-m", "-u", "-i", "-n", "-p", "--", *cmd]
+        return _run(argv, check=check, timeout=timeout, cwd="/", env={"PATH": STD_PATH})
+
+    def _sshd_listeners(self, i: int) -> list[int]:
+        # the node's sshd listener is a child of the node's PID 1 (started there, or started by
+        # start_sshd() as a daemon and re-parented there); per-connection sshds are its children
+        return [c for c in _children(self.init_pid(i)) if _comm(c) == "sshd"]
+
+    def stop_sshd(self, i: int, *, sessions: bool = False) -> None:
+        """Stop node i's sshd on :22 (new connections are refused). Established sessions
+        survive, as with `systemctl stop ssh`, unless `sessions=True`."""
+        for pid in self._sshd_listeners(i):
+            victims = _descendants(pid) if sessions else []
+            _kill(pid, signal.SIGTERM)
+            for v in victims:
+                _kill(v, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _banner(self.hosts[i], 22, 0.3):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sshd on {self.names[i]} still answers")
+            time.sleep(0.05)
+
+    def start_sshd(self, i: int) -> None:
+        """Start node i's sshd on :22 again (no-op when it runs)."""
+        if not self._sshd_listeners(i):
+            nd = f"{NODE_SHARE}/nodes/{self.names[i]}"
+            # daemon mode: it re-parents to the node's PID 1, which reaps it
+            self.nsenter(i, SSHD, "-f", f"{nd}/sshd_config", "-E", f"{nd}/sshd.log")
+        deadline = time.monotonic() + 10
+        while not _banner(self.hosts[i], 22, 0.5):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sshd on {self.names[i]} did not come back")
+            time.sleep(0.05)
+
+    def status(self) -> list[dict[str, Any]]:
+        out = []
+        for i, name in enumerate(self.names):
+            row: dict[str, Any] = {"name": name, "ip": self.hosts[i]}
+            try:
+                row["init_pid"] = self.init_pid(i)
+            except (RuntimeError, OSError, KeyError, IndexError, ValueError):
+                row["init_pid"] = None
+            row["docker"] = _docker_ping(self.docker_socket(i))
+            row["sshd"] = _banner(self.hosts[i], 22, 0.5)
+            if row["docker"]:
+                r = self.docker(i, "ps", "--format", "{{.Names}}", check=False)
+                row["containers"] = r.stdout.split()
+            out.append(row)
+        return out
+
+    @classmethod
+    def attach(cls, workdir: str | Path) -> DockerCluster:
+        """A handle on a cluster started by another process (`up`), from its state.json."""
+        wd = Path(workdir).resolve()
+        state = json.loads((wd / "state.json").read_text())
+        c = cls(state["n"], wd, state["subnet"], state["prefix"], load_images=False)
+        c._state = state
+        if state.get("artefacts"):
+            c.artefacts = Path(state["artefacts"])
+        for tag in (IMAGE_WITH_SSHD, IMAGE_NO_SSHD):
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                c.image_ids[tag] = c.image_id(0, tag)
+        return c
+
+
+# ------------------------------------------------------------------------------------ CLI
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="docker_cluster.py", description="multi-node Docker test harness (see docstring)"
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start N nodes (stops an old cluster in DIR first)")
+    up.add_argument("n", type=int)
+    up.add_argument("dir", nargs="?", default=str(DEFAULT_WORKDIR))
+    up.add_argument("--prefix", default=os.environ.get("CVS_HARNESS_PREFIX", DEFAULT_PREFIX))
+    up.add_argument("--subnet", default=os.environ.get("CVS_HARNESS_SUBNET", DEFAULT_SUBNET))
+    for name in ("down", "status"):
+        p = sub.add_parser(name)
+        p.add_argument("dir", nargs="?", default=str(DEFAULT_WORKDIR))
+    args = ap.parse_args(argv)
+    wd = Path(args.dir).resolve()
+    if args.cmd == "up":
+        why = prerequisites_missing()
+        if why:
+            print(f"docker harness unavailable: {why}", file=sys.stderr)
+            return 2
+        try:
+            c = DockerCluster(args.n, wd, args.subnet, args.prefix).start()
+            # left up on purpose: a later start on this subnet must not take it over
+            c._state["detached"] = True
+            c._save_state()
+        except (RuntimeError, ValueError, OSError, subprocess.SubprocessError) as e:
+            print(f"up failed: {e}", file=sys.stderr)
+            return 1
+        print(f"{c.n} nodes up: {' '.join(c.hosts)}")
+        print(f"  ssh -F {c.ssh_config} {c.hosts[0]} sudo docker images")
+        print(f"  docker -H unix://{c.docker_socket(0)} ps")
+        print(f"  python {__file__} down {wd}")
+        return 0  # the nodes keep running: `down` stops them by their recorded PIDs
+    if args.cmd == "down":
+        if not (wd / "state.json").exists():
+            print(f"no cluster recorded in {wd}")
+            return 0
+        problems = _teardown(wd)
+        for p in problems:
+            print(f"problem: {p}", file=sys.stderr)
+        return 1 if problems else 0
+    if not (wd / "state.json").exists():
+        print(f"not up (no {wd / 'state.json'})")
+        return 0
+    c = DockerCluster.attach(wd)
+    for row in c.status():
+        print(
+            f"{row['name']} {row['ip']} init={row['init_pid']} docker={row['docker']} "
+            f"sshd={row['sshd']} containers={' '.join(row.get('containers', []))}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
