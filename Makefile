@@ -8,7 +8,7 @@ PYTHON ?= python3
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 
-.PHONY: help dev test test-rust test-python lint fmt demo bench wheel clean
+.PHONY: help prereqs dev test test-rust test-python lint fmt demo bench wheel clean
 
 help: ## Show the targets and what they do
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -22,7 +22,10 @@ $(PY):
 dev: $(PY) ## Create .venv and build cvs_core into it (editable: Python edits apply at once)
 	$(VENV)/bin/maturin develop -q
 
-test: test-rust test-python ## Run every test: Rust core (no Python) and pytest
+prereqs: ## Install missing Debian packages the tests and demo need (OpenSSH, docker.io, ...)
+	bash scripts/install-prereqs.sh
+
+test: prereqs test-rust test-python ## Run every test: Rust core (no Python) and pytest (live SSH and Docker included)
 
 test-rust: ## Rust unit and property tests of the pure core, built without Python
 	cargo test --no-default-features
@@ -34,15 +37,15 @@ lint: $(PY) ## cargo fmt --check, clippy -D warnings (with and without Python), 
 	cargo fmt --all -- --check
 	cargo clippy --no-default-features --all-targets -- -D warnings
 	cargo clippy --lib -- -D warnings
-	$(VENV)/bin/ruff check python tests
-	$(VENV)/bin/ruff format --check python tests
+	$(VENV)/bin/ruff check python tests harness benchmarks scripts
+	$(VENV)/bin/ruff format --check python tests harness benchmarks scripts
 
 fmt: $(PY) ## Format Rust and Python sources
 	cargo fmt --all
-	$(VENV)/bin/ruff format python tests
+	$(VENV)/bin/ruff format python tests harness benchmarks scripts
 
-demo: dev ## Main job on the embedded default: resolve and validate the sample cluster file
-	$(VENV)/bin/cvs-core validate examples/cluster_container.json
+demo: prereqs dev ## Main job on a simulated 3-node cluster: plan, up, exec, attach, status, down
+	$(PY) scripts/demo.py
 
 bench: dev ## Fan-out benchmark: cvs_core vs parallel-ssh (prints a table, writes JSON)
 	$(VENV)/bin/maturin develop --release -q  # timings of a debug build mean nothing
