@@ -392,3 +392,71 @@ def test_python_api_drives_the_same_lifecycle(docker_cluster, tmp_path, config_n
         assert lc.teardown().ok
     finally:
         lc.cluster.close()
+
+
+def test_down_orphans_removes_crashed_per_run_containers_only(
+    docker_cluster, tmp_path, config_name
+) -> None:
+    dc = docker_cluster
+    keep = make_config(dc, tmp_path, "persistent")
+    kept = (tmp_path / "name").read_text()
+    assert cli(dc, keep, "up", "--pull", "never").returncode == 0
+    crashed = []
+    for k in range(2):
+        d = tmp_path / f"crashed{k}"
+        d.mkdir()
+        cfg = make_config(dc, d, "per_run")
+        assert cli(dc, cfg, "up", "--pull", "never").returncode == 0  # and never `down`
+        crashed.append((d / "name").read_text())
+    for i in range(len(dc.hosts)):
+        for name in crashed:
+            assert containers(dc, i, name)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    down = cli(dc, make_config(dc, fresh, "per_run"), "down", "--orphans")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert all("orphan" in h["detail"] for h in report(down)["hosts"])
+    for i in range(len(dc.hosts)):
+        for name in crashed:
+            assert containers(dc, i, name) == []
+        assert containers(dc, i, kept)[0].endswith("running")
+
+
+def test_explicit_device_must_exist_on_every_host(docker_cluster, tmp_path, config_name) -> None:
+    dc = docker_cluster
+    cfg_path = make_config(dc, tmp_path, "per_run")
+    cfg = json.loads(cfg_path.read_text())
+    cfg["container"]["runtime"]["args"]["devices"] = ["/dev/cvs-no-such-gpu"]
+    cfg_path.write_text(json.dumps(cfg))
+    up = cli(dc, cfg_path, "up", "--pull", "never")
+    assert up.returncode == 1
+    setup = report(up)[0]
+    assert "/dev/cvs-no-such-gpu" in setup["message"]
+    assert dc.hosts[0] in setup["message"]
+    name = (tmp_path / "name").read_text()
+    for i in range(len(dc.hosts)):
+        assert containers(dc, i, name) == []
+
+
+def test_image_tar_is_loaded_where_the_image_is_missing(
+    docker_cluster, tmp_path, config_name
+) -> None:
+    dc = docker_cluster
+    tag = f"cvs-test/from-tar:{uuid.uuid4().hex[:6]}"
+    tar_name = f"img-{uuid.uuid4().hex[:6]}.tar"
+    dc.docker(0, "tag", dc.IMAGE_WITH_SSHD, tag)
+    dc.docker(0, "save", "-o", str(dc.workdir / tar_name), tag)
+    try:
+        cfg_path = make_config(dc, tmp_path, "per_run", image=tag)
+        cfg = json.loads(cfg_path.read_text())
+        cfg["container"]["image_tar"] = f"{dc.node_share}/{tar_name}"
+        cfg_path.write_text(json.dumps(cfg))
+        up = cli(dc, cfg_path, "up", "--pull", "never")
+        assert up.returncode == 0, up.stdout + up.stderr
+        ids = {dc.image_id(i, tag) for i in range(len(dc.hosts))}
+        assert len(ids) == 1 and "" not in ids
+        assert cli(dc, cfg_path, "down").returncode == 0
+    finally:
+        (dc.workdir / tar_name).unlink(missing_ok=True)
+        for i in range(len(dc.hosts)):
+            dc.docker(i, "rmi", "-f", tag, check=False)
