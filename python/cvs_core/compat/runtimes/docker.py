@@ -26,6 +26,11 @@ import cvs_core
 # A cold node pulls a multi-GB image inside ``docker run`` (fa4ca32e; main went to 120 s plus
 # an explicit pull).
 CONTAINER_START_TIMEOUT_S = 900
+
+#: CVS's InfiniBand device expansion, skipping the glob when no device matches it.
+GUARDED_INFINIBAND_EXPANSION = (
+    '$(for dev in /dev/infiniband/*; do [ -e "$dev" ] && echo -n "--device $dev:$dev "; done)'
+)
 PROBE_TIMEOUT_S = 30
 LOAD_TIMEOUT_S = 600
 SETUP_LOAD_TIMEOUT_S = 300
@@ -231,7 +236,12 @@ class DockerRuntime:
         if built:
             parts.append(built)
         if device_expansion:
-            parts.append(device_expansion)  # shell code for the host shell, never a user value
+            # Shell code for the host shell, never a user value. CVS's InfiniBand expansion
+            # passes the unmatched glob itself (`--device /dev/infiniband/*`) on a host without
+            # InfiniBand, and docker then refuses to start: keep only devices that exist.
+            if device_expansion == cvs_core.INFINIBAND_EXPANSION:
+                device_expansion = GUARDED_INFINIBAND_EXPANSION
+            parts.append(device_expansion)
 
         image_tar = container_config.get("image_tar")
         registry = runtime_args.get("registry")
