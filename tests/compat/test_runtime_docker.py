@@ -18,7 +18,11 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from cvs_core.compat import parallel_ssh_lib
 
-EXPANSION = '$(for dev in /dev/infiniband/*; do echo -n "--device $dev:$dev "; done)'
+# CVS's expansion passes the unmatched glob on hosts without InfiniBand and docker refuses to
+# start; the drop-in keeps only devices that exist (the one deliberate difference here).
+EXPANSION = (
+    '$(for dev in /dev/infiniband/*; do [ -e "$dev" ] && echo -n "--device $dev:$dev "; done)'
+)
 # Contract §4.3, "verified rendering for a default config", with --name X1 and user u.
 VERIFIED_RUN = (
     "sudo docker run -d --name X1 -v /home/u:/workspace -v /home/u/.ssh:/host_ssh -e GPUS=8 "
