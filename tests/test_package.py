@@ -103,3 +103,54 @@ def test_console_script_runs_as_a_module(tmp_path: Path) -> None:
     )
     assert res.returncode == 2
     assert "cannot read configuration file" in res.stderr
+
+
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, s: str) -> None:
+        self.text += s
+
+    def flush(self) -> None:
+        pass
+
+
+def test_progress_is_plain_lines_off_a_terminal(capsys) -> None:
+    stream = _Stream(tty=False)
+    p = cli.Progress(stream=stream)
+    p("h1", "probe")
+    p("h2", "launch")
+    p.done()
+    assert stream.text == "  h1: probe\n  h2: launch\n"
+
+
+def test_progress_redraws_one_status_line_on_a_terminal() -> None:
+    stream = _Stream(tty=True)
+    p = cli.Progress(stream=stream)
+    p("h1", "probe")
+    p.last_draw = 0.0
+    p("h2", "probe")
+    p.last_draw = 0.0
+    p("h1", "launch")
+    assert "\n" not in stream.text
+    assert stream.text.endswith("2 hosts: [launch 1] [probe 1]")
+    assert stream.text.count("\r\x1b[2K") == 3
+    p.done()
+    assert stream.text.endswith("\r\x1b[2K")
+    quiet = _Stream(tty=True)
+    cli.Progress(stream=quiet, enabled=False)("h1", "probe")
+    assert quiet.text == ""
+
+
+def test_cli_help_documents_exit_codes(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("validate", "plan", "up", "down", "status", "exec", "130 interrupted"):
+        assert word in out
