@@ -11,7 +11,7 @@ use super::config::PyClusterConfig;
 use super::errors::{IntoPyResult, guard};
 use super::ssh::{PyCluster, PyResults, invalid, to_duration, wait};
 use crate::ssh::lifecycle::{Driver, HostReport, LifecycleOptions, Report};
-use crate::ssh::{self, EventSink, Input, JobSpec};
+use crate::ssh::{EventSink, Input, JobSpec};
 
 /// One host's part of a lifecycle operation.
 #[pyclass(frozen, module = "cvs_core", name = "HostReport")]
@@ -423,6 +423,5 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyContainerLifecycle>()?;
     m.add_class::<PyLifecycleReport>()?;
     m.add_class::<PyHostReport>()?;
-    let _ = ssh::Status::Ok;
     Ok(())
 }

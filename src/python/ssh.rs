@@ -64,7 +64,7 @@ pub(crate) fn wait<T: Send + 'static>(
                 (done, batch)
             })
         });
-        let delivered = deliver(py, &batch, progress, &logger, debug);
+        let delivered = deliver(&batch, progress, &logger, debug);
         let interrupted = delivered.and_then(|()| py.check_signals());
         if let Err(e) = interrupted {
             let _ = cancel.send(true);
@@ -77,7 +77,6 @@ pub(crate) fn wait<T: Send + 'static>(
 }
 
 fn deliver(
-    py: Python<'_>,
     batch: &[Event],
     progress: Option<&Bound<'_, PyAny>>,
     logger: &Bound<'_, PyAny>,
@@ -105,7 +104,6 @@ fn deliver(
             cb.call1((ev.host.as_str(), ev.phase.as_str()))?;
         }
     }
-    let _ = py;
     Ok(())
 }
 

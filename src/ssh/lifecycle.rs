@@ -201,9 +201,17 @@ impl Driver {
         self.cluster.run_many(jobs, None, rx).await
     }
 
-    fn job(cmd: String, timeout: Duration) -> JobSpec {
-        let mut j = JobSpec::new(cmd, Input::None)
-            .unwrap_or_else(|_| JobSpec::new("false", Input::None).expect("literal"));
+    /// A job for a rendered command. Values were validated when the driver was built, so a
+    /// rendering error here is a bug; it still must not vanish: the host then runs a command
+    /// that prints the error and fails, and the per-host report carries the text.
+    fn job(cmd: crate::error::Result<String>, timeout: Duration) -> JobSpec {
+        let mut j = cmd
+            .and_then(|c| JobSpec::new(c, Input::None))
+            .unwrap_or_else(|e| {
+                let shown = render::quote(&e.to_string()).unwrap_or_default();
+                JobSpec::new(format!("echo {shown} >&2; exit 2"), Input::None)
+                    .unwrap_or_else(|_| JobSpec::new("exit 2", Input::None).expect("literal"))
+            });
         j.timeout = Some(timeout);
         j
     }
@@ -233,7 +241,7 @@ impl Driver {
             .map(|h| {
                 (
                     h.clone(),
-                    Self::job(script.clone(), self.opts.probe_timeout),
+                    Self::job(Ok(script.clone()), self.opts.probe_timeout),
                 )
             })
             .collect();
@@ -462,8 +470,7 @@ impl Driver {
         let jobs = hosts
             .iter()
             .map(|h| {
-                let cmd = render::remove_command(self.prefix(h), &self.name, true)
-                    .unwrap_or_else(|_| "false".into());
+                let cmd = render::remove_command(self.prefix(h), &self.name, true);
                 (h.clone(), Self::job(cmd, Duration::from_secs(60)))
             })
             .collect();
@@ -541,8 +548,7 @@ impl Driver {
                 })
                 .map(|h| {
                     self.step(events, h, "load");
-                    let cmd = render::load_image_command(self.prefix(h), tar)
-                        .unwrap_or_else(|_| "false".into());
+                    let cmd = render::load_image_command(self.prefix(h), tar);
                     (h.clone(), Self::job(cmd, Duration::from_secs(600)))
                 })
                 .collect();
@@ -569,14 +575,13 @@ impl Driver {
                 HostAction::Launch | HostAction::Recreate => match self.run_command_for(o) {
                     Ok(c) => {
                         self.step(events, &p.host, "launch");
-                        c
+                        Ok(c)
                     }
                     Err(why) => return fail(report, &p.host, why, String::new(), started),
                 },
                 HostAction::Start => {
                     self.step(events, &p.host, "start");
                     rl::start_command(o.privilege.prefix(), &self.name)
-                        .unwrap_or_else(|_| "false".into())
                 }
                 _ => continue,
             };
@@ -686,7 +691,7 @@ impl Driver {
                 .and_then(|inner| {
                     render::docker_exec_command(self.prefix(h), &self.name, &inner, false)
                 })
-                .map(|cmd| Self::job(cmd, self.opts.provision_timeout))
+                .map(|cmd| Self::job(Ok(cmd), self.opts.provision_timeout))
             } else {
                 render::provision_stdin_command(self.prefix(h), &self.name).and_then(|cmd| {
                     let mut j = JobSpec::new(cmd, Input::Bytes(payload.clone()))?;
@@ -751,8 +756,7 @@ impl Driver {
             .iter()
             .map(|h| {
                 self.step(events, h, "sshd-keys");
-                let cmd = rl::copy_ssh_keys_command(self.prefix(h), &self.name)
-                    .unwrap_or_else(|_| "false".into());
+                let cmd = rl::copy_ssh_keys_command(self.prefix(h), &self.name);
                 (h.clone(), Self::job(cmd, Duration::from_secs(60)))
             })
             .collect();
@@ -767,8 +771,7 @@ impl Driver {
             .iter()
             .map(|h| {
                 self.step(events, h, "sshd");
-                let cmd = rl::start_sshd_command(self.prefix(h), &self.name, self.opts.sshd_port)
-                    .unwrap_or_else(|_| "false".into());
+                let cmd = rl::start_sshd_command(self.prefix(h), &self.name, self.opts.sshd_port);
                 (h.clone(), Self::job(cmd, Duration::from_secs(60)))
             })
             .collect();
@@ -787,8 +790,7 @@ impl Driver {
         if !check_hosts.is_empty() {
             let head = hosts[0].clone();
             self.step(events, &head, "sshd-ready");
-            let script = rl::banner_check_script(&check_hosts, self.opts.sshd_port, 30)
-                .unwrap_or_else(|_| "false".into());
+            let script = rl::banner_check_script(&check_hosts, self.opts.sshd_port, 30);
             let r = self
                 .run(vec![(
                     head.clone(),
@@ -890,8 +892,7 @@ impl Driver {
             let jobs = hosts
                 .iter()
                 .map(|h| {
-                    let cmd = rl::list_per_run_command(self.prefix(h), &self.opts.owner)
-                        .unwrap_or_else(|_| "false".into());
+                    let cmd = rl::list_per_run_command(self.prefix(h), &self.opts.owner);
                     (h.clone(), Self::job(cmd, Duration::from_secs(60)))
                 })
                 .collect();
@@ -901,9 +902,10 @@ impl Driver {
                 for line in String::from_utf8_lossy(&r.stdout).lines() {
                     let name = line.split('|').next().unwrap_or("").trim();
                     if crate::config::is_valid_container_name(name) {
-                        let cmd = render::remove_command(self.prefix(&r.host), name, true)
-                            .unwrap_or_else(|_| "false".into());
-                        removals.push((r.host.clone(), name.to_owned(), cmd));
+                        // A name that passed validation always renders.
+                        if let Ok(cmd) = render::remove_command(self.prefix(&r.host), name, true) {
+                            removals.push((r.host.clone(), name.to_owned(), cmd));
+                        }
                     }
                 }
             }
@@ -923,7 +925,12 @@ impl Driver {
                 }
                 let jobs = round
                     .iter()
-                    .map(|(h, _, cmd)| (h.clone(), Self::job(cmd.clone(), Duration::from_secs(60))))
+                    .map(|(h, _, cmd)| {
+                        (
+                            h.clone(),
+                            Self::job(Ok(cmd.clone()), Duration::from_secs(60)),
+                        )
+                    })
                     .collect();
                 for (r, (_, name, _)) in self.run(jobs).await.iter().zip(&round) {
                     if let Some(rep) = reports.iter_mut().find(|x| x.host == r.host) {
