@@ -147,7 +147,114 @@ pub fn provision_stdin_command(py: Python<'_>, name: &str, prefix: &str) -> PyRe
     })
 }
 
+/// Python's `str(v)` for a config value (CVS formats `-e {k}={v}` with f-strings).
+fn py_str(v: &Bound<'_, PyAny>) -> PyResult<String> {
+    Ok(v.str()?.to_string())
+}
+
+fn str_list(d: &Bound<'_, pyo3::types::PyDict>, key: &str) -> PyResult<Vec<String>> {
+    match d.get_item(key)? {
+        Some(v) if v.is_truthy()? => v.try_iter()?.map(|x| py_str(&x?)).collect(),
+        _ => Ok(Vec::new()),
+    }
+}
+
+fn env_pairs(v: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(String, String)>> {
+    let Some(v) = v.filter(|v| !v.is_none()) else {
+        return Ok(Vec::new());
+    };
+    if let Ok(d) = v.cast::<pyo3::types::PyDict>() {
+        return d
+            .iter()
+            .map(|(k, v)| Ok((py_str(&k)?, py_str(&v)?)))
+            .collect();
+    }
+    // A list of "K=V" strings.
+    v.try_iter()?
+        .map(|x| {
+            let s = py_str(&x?)?;
+            let (k, v) = s.split_once('=').unwrap_or((s.as_str(), ""));
+            Ok((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+fn runtime_args_of(d: Option<&Bound<'_, pyo3::types::PyDict>>) -> PyResult<render::CvsRuntimeArgs> {
+    let Some(d) = d else {
+        return Ok(render::CvsRuntimeArgs::default());
+    };
+    let opt = |key: &str| -> PyResult<Option<String>> {
+        match d.get_item(key)? {
+            Some(v) if v.is_truthy()? => Ok(Some(py_str(&v)?)),
+            _ => Ok(None),
+        }
+    };
+    Ok(render::CvsRuntimeArgs {
+        volumes: str_list(d, "volumes")?,
+        devices: str_list(d, "devices")?,
+        env: env_pairs(d.get_item("env")?.as_ref())?,
+        cap_add: str_list(d, "cap_add")?,
+        security_opt: str_list(d, "security_opt")?,
+        group_add: str_list(d, "group_add")?,
+        network: opt("network")?,
+        ipc: opt("ipc")?,
+        ulimit: str_list(d, "ulimit")?,
+        privileged: match d.get_item("privileged")? {
+            Some(v) => v.is_truthy()?,
+            None => false,
+        },
+    })
+}
+
+/// CVS's `DockerRuntime._build_runtime_args(runtime_args)`: the flags, in CVS's order.
+#[pyfunction]
+#[pyo3(signature = (runtime_args = None))]
+pub fn cvs_runtime_args(
+    py: Python<'_>,
+    runtime_args: Option<&Bound<'_, pyo3::types::PyDict>>,
+) -> PyResult<String> {
+    guard(py, || {
+        render::cvs_runtime_args(&runtime_args_of(runtime_args)?).py_err(py)
+    })
+}
+
+/// CVS's `docker run` assembly (`DockerRuntime.setup_containers`), values quoted once; CVS's
+/// InfiniBand expansion is rendered in its guarded form (CVS's breaks hosts without IB).
+#[pyfunction]
+#[pyo3(signature = (name, image, *, prefix = "sudo", volumes = None, environment = None,
+    runtime_args = None, device_expansion = None))]
+#[allow(clippy::too_many_arguments)]
+pub fn cvs_docker_run_command(
+    py: Python<'_>,
+    name: &str,
+    image: &str,
+    prefix: &str,
+    volumes: Option<Vec<String>>,
+    environment: Option<&Bound<'_, PyAny>>,
+    runtime_args: Option<&Bound<'_, pyo3::types::PyDict>>,
+    device_expansion: Option<&str>,
+) -> PyResult<String> {
+    guard(py, || {
+        render::cvs_docker_run_command(
+            prefix,
+            name,
+            image,
+            &volumes.unwrap_or_default(),
+            &env_pairs(environment)?,
+            &runtime_args_of(runtime_args)?,
+            device_expansion,
+        )
+        .py_err(py)
+    })
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(cvs_runtime_args, m)?)?;
+    m.add_function(wrap_pyfunction!(cvs_docker_run_command, m)?)?;
+    m.add(
+        "INFINIBAND_EXPANSION_GUARDED",
+        render::INFINIBAND_EXPANSION_GUARDED,
+    )?;
     m.add_function(wrap_pyfunction!(docker_run_command, m)?)?;
     m.add_function(wrap_pyfunction!(docker_run_argv, m)?)?;
     m.add_function(wrap_pyfunction!(docker_exec_command, m)?)?;

@@ -40,7 +40,7 @@ impl Default for RunOptions {
 }
 
 /// An image reference must be one argv word that docker cannot mistake for an option.
-fn validate_image(image: &str) -> Result<()> {
+pub(super) fn validate_image(image: &str) -> Result<()> {
     if image.is_empty()
         || image.starts_with('-')
         || image.chars().any(|c| c.is_whitespace() || c.is_control())

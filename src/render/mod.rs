@@ -6,12 +6,16 @@
 //! here, never values. With the default privilege prefix `sudo` and simple values the outputs are
 //! exactly CVS's command strings, because CVS logs and tests compare them.
 
+mod cvs_run;
 mod docker;
 pub mod lifecycle;
 mod provision;
 mod quote;
 pub mod remote;
 
+pub use cvs_run::{
+    CvsRuntimeArgs, INFINIBAND_EXPANSION_GUARDED, cvs_docker_run_command, cvs_runtime_args,
+};
 pub use docker::{
     INFINIBAND_EXPANSION, RunOptions, docker_exec_command, docker_run_argv, docker_run_command,
     image_exists_command, image_sha_status_command, is_running_command, load_image_command,

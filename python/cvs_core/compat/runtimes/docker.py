@@ -28,9 +28,7 @@ import cvs_core
 CONTAINER_START_TIMEOUT_S = 900
 
 #: CVS's InfiniBand device expansion, skipping the glob when no device matches it.
-GUARDED_INFINIBAND_EXPANSION = (
-    '$(for dev in /dev/infiniband/*; do [ -e "$dev" ] && echo -n "--device $dev:$dev "; done)'
-)
+GUARDED_INFINIBAND_EXPANSION = cvs_core.INFINIBAND_EXPANSION_GUARDED
 PROBE_TIMEOUT_S = 30
 LOAD_TIMEOUT_S = 600
 SETUP_LOAD_TIMEOUT_S = 300
@@ -227,21 +225,12 @@ class DockerRuntime:
                 runtime_args[key] = value
         runtime_args.pop("volumes", None)  # already in ``volumes``: no duplicate -v flags
 
-        parts: list[str] = []
-        if not runtime_args.get("network"):
-            parts.append("--network host")
-        parts.extend(f"-v {_q(v)}" for v in volumes)
-        parts.extend(f"-e {_q(f'{k}={v}')}" for k, v in environment.items())
-        built = self._build_runtime_args(runtime_args)
-        if built:
-            parts.append(built)
-        if device_expansion:
-            # Shell code for the host shell, never a user value. CVS's InfiniBand expansion
-            # passes the unmatched glob itself (`--device /dev/infiniband/*`) on a host without
-            # InfiniBand, and docker then refuses to start: keep only devices that exist.
-            if device_expansion == cvs_core.INFINIBAND_EXPANSION:
-                device_expansion = GUARDED_INFINIBAND_EXPANSION
-            parts.append(device_expansion)
+        if device_expansion and device_expansion not in (
+            cvs_core.INFINIBAND_EXPANSION,
+            cvs_core.INFINIBAND_EXPANSION_GUARDED,
+        ):
+            self.log.error("Cannot start container: unknown device_expansion shell code")
+            return False
 
         image_tar = container_config.get("image_tar")
         registry = runtime_args.get("registry")
@@ -266,12 +255,17 @@ class DockerRuntime:
         self.orchestrator.all.exec(
             cvs_core.remove_command(container_name, prefix=prefix), timeout=30, print_console=False
         )
-        words = [
-            f"{_prefix_text(prefix)}docker run -d --name {_q(container_name)}",
-            " ".join(parts),
-            f"{_q(image)} sleep infinity",
-        ]
-        run_cmd = " ".join(w for w in words if w)
+        # CVS's assembly and flag order, rendered by the core (every value quoted once; CVS's
+        # InfiniBand expansion in its guarded form, since CVS's breaks hosts without IB).
+        run_cmd = cvs_core.cvs_docker_run_command(
+            container_name,
+            image,
+            prefix=prefix,
+            volumes=list(volumes),
+            environment=environment,
+            runtime_args=runtime_args,
+            device_expansion=device_expansion or None,
+        )
         results = self.orchestrator.all.exec(
             run_cmd, timeout=CONTAINER_START_TIMEOUT_S, detailed=True
         )
@@ -366,28 +360,4 @@ class DockerRuntime:
     @staticmethod
     def _build_runtime_args(runtime_args: dict[str, Any] | None) -> str:
         """``runtime.args`` as docker flags, in CVS's order; unknown keys are ignored."""
-        d = runtime_args or {}
-        args: list[str] = []
-
-        def each(flag: str, key: str) -> None:
-            args.extend(f"{flag} {_q(v)}" for v in d.get(key) or [])
-
-        each("-v", "volumes")
-        each("--device", "devices")
-        # CVS iterated this dict as (key, value) pairs and so crashed or mangled it; honour it.
-        env = d.get("env")
-        if isinstance(env, dict):
-            args.extend(f"-e {_q(f'{k}={v}')}" for k, v in env.items())
-        elif env:
-            args.extend(f"-e {_q(kv)}" for kv in env)
-        each("--cap-add", "cap_add")
-        each("--security-opt", "security_opt")
-        each("--group-add", "group_add")
-        if d.get("network"):
-            args.append(f"--network {_q(d['network'])}")
-        if d.get("ipc"):
-            args.append(f"--ipc {_q(d['ipc'])}")
-        each("--ulimit", "ulimit")
-        if d.get("privileged"):
-            args.append("--privileged")
-        return " ".join(args)
+        return cvs_core.cvs_runtime_args(dict(runtime_args or {}))
