@@ -1277,19 +1277,32 @@ class DockerCluster:
 
     def _sshd_listeners(self, i: int) -> list[int]:
         # the node's sshd listener is a child of the node's PID 1 (started there, or started by
-        # start_sshd() as a daemon and re-parented there); per-connection sshds are its children
-        return [c for c in _children(self.init_pid(i)) if _comm(c) == "sshd"]
+        # start_sshd() as a daemon and re-parented there); per-connection sshds are its
+        # children -- until the listener stops, when they too are re-parented to PID 1. Only
+        # the listener's title says "[listener]" (OpenSSH >= 8.2); its argv names the config.
+        def is_listener(pid: int) -> bool:
+            cmd = _cmdline(pid)
+            args = cmd.split(b"\0")
+            if b"[listener]" in cmd:
+                return True
+            # Not yet titled: the listener's own argv, but not a re-exec'd connection (-R).
+            return b"-R" not in args and not cmd.startswith(b"sshd: ") and b"sshd_config" in cmd
+
+        return [c for c in _children(self.init_pid(i)) if _comm(c) == "sshd" and is_listener(c)]
 
     def stop_sshd(self, i: int, *, sessions: bool = False) -> None:
         """Stop node i's sshd on :22 (new connections are refused). Established sessions
         survive, as with `systemctl stop ssh`, unless `sessions=True`."""
-        for pid in self._sshd_listeners(i):
+        listeners = self._sshd_listeners(i)
+        for pid in listeners:
             victims = _descendants(pid) if sessions else []
             _kill(pid, signal.SIGTERM)
             for v in victims:
                 _kill(v, signal.SIGTERM)
         deadline = time.monotonic() + 10
-        while _banner(self.hosts[i], 22, 0.3):
+        # Gone means: no banner AND the listener process exited, so a start_sshd() right after
+        # does not mistake a listener that is still shutting down for a running one.
+        while _banner(self.hosts[i], 22, 0.3) or any(_alive(p) for p in listeners):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"sshd on {self.names[i]} still answers")
             time.sleep(0.05)

@@ -50,6 +50,7 @@ def orch(docker_cluster, tmp_path, monkeypatch):
     cfg = OrchestratorConfig.from_configs(cluster)
     o = OrchestratorFactory.create_orchestrator(logging.getLogger("compat-e2e"), cfg)
     yield o
+    o.close()  # the orchestrator's SSH handles (CVS never closed them)
     for i in range(len(dc.hosts)):
         dc.docker(i, "rm", "-f", name, check=False)
 
