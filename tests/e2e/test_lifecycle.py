@@ -460,3 +460,24 @@ def test_image_tar_is_loaded_where_the_image_is_missing(
         (dc.workdir / tar_name).unlink(missing_ok=True)
         for i in range(len(dc.hosts)):
             dc.docker(i, "rmi", "-f", tag, check=False)
+
+
+def test_running_image_skew_is_refused_and_nothing_removed(docker_cluster, persistent) -> None:
+    dc = docker_cluster
+    cfg, name = persistent
+    # Node 3's container now runs another image under the same tag (re-created by hand).
+    try:
+        dc.docker(2, "rm", "-f", name)
+        dc.docker(2, "tag", dc.IMAGE_NO_SSHD, dc.IMAGE_WITH_SSHD)
+        dc.docker(2, "run", "-d", "--pull", "never", "--network", "host", "--name", name,
+                  dc.IMAGE_WITH_SSHD, "sleep", "infinity")  # fmt: skip
+        in_container(dc, 2, name, "echo kept > /var/tmp/marker")
+        up = cli(dc, cfg, "up", "--pull", "never")
+        assert up.returncode == 1
+        setup = report(up)[0]
+        assert setup["kind"] == "refuse_image_skew", setup["message"]
+        assert "different images" in setup["message"]
+        assert_intact(dc, name)
+    finally:
+        dc.docker(2, "rm", "-f", name, check=False)
+        dc.reset_images(2)
