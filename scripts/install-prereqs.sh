@@ -4,13 +4,13 @@
 #   openssh-server/-client: real sshd for the live SSH tests and the simulated nodes
 #   docker.io: one dockerd per simulated node (no system daemon is started)
 #   sudo, iproute2, util-linux: the multi-node harness (netns, nsenter, unshare)
-#   procps: pgrep, for the checks that remote work was killed
+#   procps: pgrep, for the checks that remote work was killed; jq for operators reading --json
 set -euo pipefail
 
 need=()
 for pair in make:make gcc:gcc /usr/sbin/sshd:openssh-server ssh:openssh-client \
             ssh-keygen:openssh-client pgrep:procps unshare:util-linux nsenter:util-linux \
-            dockerd:docker.io docker:docker.io sudo:sudo ip:iproute2; do
+            dockerd:docker.io docker:docker.io sudo:sudo ip:iproute2 jq:jq; do
   tool=${pair%%:*} pkg=${pair#*:}
   command -v "$tool" >/dev/null 2>&1 || [ -x "$tool" ] || need+=("$pkg")
 done
