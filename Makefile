@@ -8,11 +8,11 @@ PYTHON ?= python3
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 
-.PHONY: help prereqs dev test test-rust test-python lint fmt demo bench wheel clean
+.PHONY: help prereqs dev test test-rust test-python lint fmt demo bench bench-lifecycle wheel clean
 
 help: ## Show the targets and what they do
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
-	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench: dev ## Fan-out benchmark: cvs_core vs parallel-ssh (prints a table, write
 	$(VENV)/bin/maturin develop --release -q  # timings of a debug build mean nothing
 	$(PY) -m pip install -q 'parallel-ssh==2.16.*'
 	$(PY) benchmarks/fanout.py $(BENCH_ARGS)
+
+bench-lifecycle: dev ## Container lifecycle benchmark (native driver vs CVS's algorithm), prints a table, writes JSON
+	$(VENV)/bin/maturin develop --release -q  # timings of a debug build mean nothing
+	$(PY) benchmarks/lifecycle.py $(BENCH_ARGS)
 
 wheel: $(PY) ## Build a release abi3 wheel into dist/
 	$(VENV)/bin/maturin build --release -o dist
