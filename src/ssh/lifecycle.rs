@@ -781,13 +781,15 @@ impl Driver {
                 failed.push(r.host.clone());
             }
         }
-        // Readiness: an SSH banner on every host's port, seen from the head node.
+        // Readiness: an SSH banner on every host's port, seen from the head node — whenever an
+        // sshd was started by this call. When every host already listened (the probe saw the
+        // port), that is CVS's idempotent precheck and no extra round trip is spent.
         let check_hosts: Vec<String> = reports
             .iter()
             .filter(|r| !failed.contains(&r.host))
             .map(|r| r.host.clone())
             .collect();
-        if !check_hosts.is_empty() {
+        if !check_hosts.is_empty() && !needing.is_empty() {
             let head = hosts[0].clone();
             self.step(events, &head, "sshd-ready");
             let script = rl::banner_check_script(&check_hosts, self.opts.sshd_port, 30);
