@@ -592,6 +592,56 @@ mod tests {
     }
 }
 
+/// Devices the user listed beyond CVS's defaults: they must exist on every host.
+pub fn user_devices(spec: &crate::config::ContainerSpec) -> Vec<String> {
+    let defaults: &[&str] = if spec.use_defaults {
+        &crate::config::DEFAULT_DEVICES
+    } else {
+        &[]
+    };
+    spec.run_args
+        .devices
+        .iter()
+        .filter(|d| !defaults.contains(&d.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// The spec as launched on one host: CVS's default devices only where the host has them
+/// (GPU-less nodes work), user-listed devices required (else why), and CVS's default
+/// `/home/<control user>` volumes pointed at the SSH user's real home on that host (CVS's
+/// guess is wrong for root and for homes elsewhere).
+pub fn host_spec(
+    spec: &crate::config::ContainerSpec,
+    obs: &Observation,
+) -> Result<crate::config::ContainerSpec, String> {
+    let mut spec = spec.clone();
+    if let Some(missing) = user_devices(&spec)
+        .iter()
+        .find(|d| !obs.devices.contains(d))
+    {
+        return Err(format!(
+            "device {missing} is listed in container.runtime.args.devices but does not exist on \
+             this host"
+        ));
+    }
+    if spec.use_defaults {
+        spec.run_args.devices.retain(|d| {
+            !crate::config::DEFAULT_DEVICES.contains(&d.as_str()) || obs.devices.contains(d)
+        });
+        let home = obs.home.trim_end_matches('/');
+        // The merged spec starts with CVS's two default volumes, built from the control user.
+        if !home.is_empty() && spec.run_args.volumes.len() >= 2 {
+            let v = &mut spec.run_args.volumes;
+            if v[0].ends_with(":/workspace") && v[1].ends_with("/.ssh:/host_ssh") {
+                v[0] = format!("{home}:/workspace");
+                v[1] = format!("{home}/.ssh:/host_ssh");
+            }
+        }
+    }
+    Ok(spec)
+}
+
 /// `cvs.config-hash`: what makes a persistent container "the one this configuration wants":
 /// the image, the merged run arguments, the setup script's content and the sshd port. Stable
 /// across cvs-core versions (SHA-256 over canonical JSON), shortened for labels and logs.
@@ -614,7 +664,8 @@ pub fn config_hash(
 
 #[cfg(test)]
 mod hash_tests {
-    use super::config_hash;
+    use super::super::observe::{Observation, Privilege};
+    use super::{config_hash, host_spec};
     use crate::config::{ContainerSpec, Lifetime, RunArgs};
 
     fn spec(image: &str) -> ContainerSpec {
@@ -639,6 +690,56 @@ mod hash_tests {
                 privileged: false,
             },
         }
+    }
+
+    fn obs(home: &str, devices: &[&str]) -> Observation {
+        Observation {
+            privilege: Privilege::Root,
+            home: home.into(),
+            devices: devices.iter().map(|d| (*d).to_owned()).collect(),
+            container: None,
+            local_image: String::new(),
+            sshd_up: false,
+        }
+    }
+
+    #[test]
+    fn host_spec_keeps_default_devices_present_and_real_home() {
+        let mut s = spec("a");
+        s.use_defaults = true;
+        s.run_args.volumes = vec![
+            "/home/alice:/workspace".into(),
+            "/home/alice/.ssh:/host_ssh".into(),
+            "/data:/data".into(),
+        ];
+        s.run_args.devices = vec![
+            "/dev/kfd".into(),
+            "/dev/dri".into(),
+            "/dev/infiniband".into(),
+        ];
+        let h = host_spec(&s, &obs("/root", &["/dev/kfd"])).unwrap();
+        assert_eq!(h.run_args.devices, ["/dev/kfd"]);
+        assert_eq!(
+            h.run_args.volumes,
+            ["/root:/workspace", "/root/.ssh:/host_ssh", "/data:/data"]
+        );
+        let none = host_spec(&s, &obs("", &[])).unwrap();
+        assert!(none.run_args.devices.is_empty());
+        assert_eq!(none.run_args.volumes[0], "/home/alice:/workspace");
+    }
+
+    #[test]
+    fn host_spec_requires_user_devices() {
+        let mut s = spec("a");
+        s.run_args.devices = vec!["/dev/nvme0".into()];
+        let err = host_spec(&s, &obs("/root", &[])).unwrap_err();
+        assert!(err.contains("/dev/nvme0"), "{err}");
+        let ok = host_spec(&s, &obs("/root", &["/dev/nvme0"])).unwrap();
+        assert_eq!(ok.run_args.devices, ["/dev/nvme0"]);
+        // Without CVS's defaults nothing is rewritten.
+        s.run_args.volumes = vec!["/home/x:/workspace".into(), "/home/x/.ssh:/host_ssh".into()];
+        let same = host_spec(&s, &obs("/root", &["/dev/nvme0"])).unwrap();
+        assert_eq!(same.run_args.volumes[0], "/home/x:/workspace");
     }
 
     #[test]

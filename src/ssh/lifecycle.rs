@@ -11,9 +11,9 @@ use tokio::sync::watch;
 use super::cluster::{Cluster, EventSink, Holder, Phase, emit};
 use super::job::{Input, JobSpec};
 use super::result::{HostResult, Status};
-use crate::config::{ContainerSpec, DEFAULT_DEVICES, Lifetime, default_volumes};
+use crate::config::{ContainerSpec, DEFAULT_DEVICES, Lifetime};
 use crate::lifecycle::observe::{Observation, Privilege, parse_probe};
-use crate::lifecycle::plan::{Desired, HostAction, Plan, config_hash, plan_setup};
+use crate::lifecycle::plan::{Desired, HostAction, Plan, config_hash, host_spec, plan_setup};
 use crate::render::lifecycle as rl;
 use crate::render::{self, RunOptions};
 
@@ -179,21 +179,9 @@ impl Driver {
             .prefix()
     }
 
-    /// Devices the probe checks: CVS's defaults (kept only where present) and the user's own
-    /// (which must exist).
+    /// Devices the probe checks beyond CVS's defaults: the user's own (which must exist).
     fn user_devices(&self) -> Vec<String> {
-        let defaults: &[&str] = if self.spec.use_defaults {
-            &DEFAULT_DEVICES
-        } else {
-            &[]
-        };
-        self.spec
-            .run_args
-            .devices
-            .iter()
-            .filter(|d| !defaults.contains(&d.as_str()))
-            .cloned()
-            .collect()
+        crate::lifecycle::plan::user_devices(&self.spec)
     }
 
     async fn run(&self, jobs: Vec<(String, JobSpec)>) -> Vec<HostResult> {
@@ -421,34 +409,7 @@ impl Driver {
     /// The `docker run` for one host: per-host home in the default volumes, default devices only
     /// where they exist, cvs-core labels.
     fn run_command_for(&self, obs: &Observation) -> Result<String, String> {
-        let mut spec = self.spec.clone();
-        if spec.use_defaults {
-            let assumed = default_volumes(&control_user_of(&spec));
-            let home = obs.home.trim_end_matches('/');
-            if !home.is_empty() {
-                let real = [
-                    format!("{home}:/workspace"),
-                    format!("{home}/.ssh:/host_ssh"),
-                ];
-                for v in spec.run_args.volumes.iter_mut() {
-                    if let Some(i) = assumed.iter().position(|a| a == v) {
-                        *v = real[i].clone();
-                    }
-                }
-            }
-            spec.run_args
-                .devices
-                .retain(|d| !DEFAULT_DEVICES.contains(&d.as_str()) || obs.devices.contains(d));
-        }
-        if let Some(missing) = self
-            .user_devices()
-            .iter()
-            .find(|d| !obs.devices.contains(d))
-        {
-            return Err(format!(
-                "device {missing} is listed in container.runtime.args.devices but does not exist on this host"
-            ));
-        }
+        let spec = host_spec(&self.spec, obs)?;
         let opts = RunOptions {
             prefix: obs.privilege.prefix().into(),
             infiniband_expansion: false,
@@ -1006,17 +967,6 @@ impl Driver {
             })
             .collect()
     }
-}
-
-fn control_user_of(spec: &ContainerSpec) -> String {
-    // The merged spec's first default volume is `/home/<control user>:/workspace`.
-    spec.run_args
-        .volumes
-        .first()
-        .and_then(|v| v.strip_prefix("/home/"))
-        .and_then(|v| v.split(':').next())
-        .unwrap_or_default()
-        .to_owned()
 }
 
 fn fill(r: &mut HostReport, o: Option<&Observation>) {

@@ -124,6 +124,15 @@ def test_per_run_up_exec_down(docker_cluster, tmp_path, config_name) -> None:
         assert labels["cvs.config-hash"] == setup["hosts"][i]["config_hash"]
         assert in_container(dc, i, name, f"cat {PROVISION_LOG}") == "provisioned\n"
         assert banner(h).startswith(b"SSH-2.0")
+    # A second per_run up replaces the containers (a fresh environment every run).
+    again = cli(dc, cfg, "up", "--pull", "never", "--inline-provision")
+    assert again.returncode == 0, again.stdout + again.stderr
+    setup2 = report(again)[0]
+    assert [h["action"] for h in setup2["hosts"]] == ["recreate"] * len(dc.hosts)
+    for i, h in enumerate(setup2["hosts"]):
+        assert h["container_id"] != setup["hosts"][i]["container_id"]
+        # base64-inline delivery (CVS's form) provisioned the fresh container too
+        assert in_container(dc, i, name, f"cat {PROVISION_LOG}") == "provisioned\n"
     ex = cli(dc, cfg, "exec", "hostname")
     assert ex.returncode == 0, ex.stderr
     assert sorted(r["stdout"].strip() for r in json.loads(ex.stdout)) == [
@@ -177,6 +186,14 @@ def test_persistent_cold_start_without_sshd_then_attach(docker_cluster, tmp_path
         first[h] = (info["Id"], info["State"]["StartedAt"])
         in_container(dc, i, name, "echo kept > /var/tmp/marker")
     sshd_pids = [in_container(dc, i, name, "pgrep -of '[s]shd -p 2224'") for i in range(3)]
+    # The SSH user's own keys were copied in: log in to the container's sshd on :2224.
+    for h in dc.hosts:
+        login = subprocess.run(
+            ["ssh", "-F", str(dc.ssh_config), "-p", "2224", "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", h, f"cat {PROVISION_LOG}"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert login.stdout == "provisioned\n", login.stderr
 
     again = cli(dc, cfg, "up", "--pull", "never")
     assert again.returncode == 0, again.stdout + again.stderr
