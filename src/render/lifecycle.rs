@@ -128,6 +128,21 @@ pub fn lock_command(name: &str, wait_s: u32) -> Result<String> {
     ))
 }
 
+/// The line that ends the probe output of [`lock_and_probe_command`].
+pub const PROBE_DONE: &str = "cvs-probe-done";
+
+/// The lock and the probe in one round trip: once the lock is held, run `probe` (in a subshell,
+/// so its early `exit`s end only the probe), print [`PROBE_DONE`], then hold the lock until
+/// stdin closes. The caller reads everything before `PROBE_DONE` as the probe's output.
+pub fn lock_and_probe_command(name: &str, wait_s: u32, probe: &str) -> Result<String> {
+    validate_container_name(name)?;
+    let path = quote(&format!("/tmp/cvs-core-{name}.lock"))?;
+    Ok(format!(
+        "exec 9>>{path} && flock -x -w {wait_s} 9 && echo locked && ( {probe} ); \
+         echo {PROBE_DONE} && cat >/dev/null"
+    ))
+}
+
 /// List this owner's per_run containers (crashed runs leave them behind): `name|run-id`.
 pub fn list_per_run_command(prefix: &str, owner: &str) -> Result<String> {
     if owner.is_empty() {

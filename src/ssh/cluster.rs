@@ -402,14 +402,14 @@ impl Cluster {
 
     /// Start `cmd` on `host` and keep it running until the returned holder is dropped: used to
     /// hold a remote lock for the duration of a multi-step operation. Waits until the command
-    /// prints `ready` on a line (or fails with its output).
+    /// prints `ready` on a line (or fails with its output); returns what it printed before.
     pub async fn hold(
         &self,
         host: &str,
         cmd: &str,
         ready: &str,
         wait: Duration,
-    ) -> std::result::Result<Holder, HostResult> {
+    ) -> std::result::Result<(Holder, String), HostResult> {
         let started = Instant::now();
         let slot = self.slots.get(host).cloned().ok_or_else(|| {
             HostResult::failed(host, Status::Error, "unknown host", Duration::ZERO)
@@ -442,18 +442,22 @@ impl Cluster {
                         return Err(seen);
                     }
                     seen.extend_from_slice(&buf[..n]);
-                    if seen.split(|b| *b == b'\n').any(|l| l == ready.as_bytes()) {
-                        return Ok(());
+                    let lines: Vec<&[u8]> = seen.split(|b| *b == b'\n').collect();
+                    if let Some(end) = lines.iter().position(|l| *l == ready.as_bytes()) {
+                        return Ok(String::from_utf8_lossy(&lines[..end].join(&b'\n')).into_owned());
                     }
                 }
             }
             Err(seen)
         };
         match tokio::time::timeout(wait, read).await {
-            Ok(Ok(())) => Ok(Holder {
-                _stdin: stdin,
-                _child: child,
-            }),
+            Ok(Ok(text)) => Ok((
+                Holder {
+                    _stdin: stdin,
+                    _child: child,
+                },
+                text,
+            )),
             outcome => {
                 let mut err = Vec::new();
                 if let Some(e) = stderr.as_mut() {

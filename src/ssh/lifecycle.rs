@@ -55,6 +55,12 @@ impl Default for LifecycleOptions {
     }
 }
 
+/// Locks held on every host, and what the probe that ran under them saw.
+struct Locked {
+    _holders: Vec<Holder>,
+    observed: Vec<(String, Result<Observation, String>)>,
+}
+
 /// One host's part of an operation.
 #[derive(Debug, Clone, Default)]
 pub struct HostReport {
@@ -95,7 +101,15 @@ pub struct Driver {
     hash: String,
     opts: LifecycleOptions,
     privileges: Mutex<HashMap<String, Privilege>>,
+    /// What the last successful setup left on each host, so a `setup_sshd` right after it needs
+    /// no second probe round trip.
+    after_setup: Mutex<Option<(Instant, Observed)>>,
 }
+
+type Observed = Vec<(String, Result<Observation, String>)>;
+
+/// How long the state left by `setup` stands in for a probe (sshd setup follows at once).
+const SETUP_STATE_TTL: Duration = Duration::from_secs(15);
 
 fn output_of(r: &HostResult) -> String {
     let mut s = String::from_utf8_lossy(&r.stdout).trim_end().to_owned();
@@ -148,6 +162,7 @@ impl Driver {
             hash,
             opts,
             privileges: Mutex::new(HashMap::new()),
+            after_setup: Mutex::new(None),
         })
     }
 
@@ -204,15 +219,29 @@ impl Driver {
         j
     }
 
+    fn probe_script(&self) -> crate::error::Result<String> {
+        let mut check: Vec<String> = DEFAULT_DEVICES.iter().map(|d| (*d).to_owned()).collect();
+        check.extend(self.user_devices());
+        rl::probe_script(&self.name, &self.image, self.opts.sshd_port, &check)
+    }
+
+    fn remember_privileges(&self, observed: &[(String, Result<Observation, String>)]) {
+        if let Ok(mut p) = self.privileges.lock() {
+            for (h, o) in observed {
+                if let Ok(o) = o {
+                    p.insert(h.clone(), o.privilege);
+                }
+            }
+        }
+    }
+
     /// One probe round trip per host.
     pub async fn probe(
         &self,
         hosts: &[String],
         events: &Option<EventSink>,
     ) -> Vec<(String, Result<Observation, String>)> {
-        let mut check: Vec<String> = DEFAULT_DEVICES.iter().map(|d| (*d).to_owned()).collect();
-        check.extend(self.user_devices());
-        let script = match rl::probe_script(&self.name, &self.image, self.opts.sshd_port, &check) {
+        let script = match self.probe_script() {
             Ok(s) => s,
             Err(e) => {
                 return hosts
@@ -249,13 +278,7 @@ impl Driver {
                 (r.host, obs)
             })
             .collect();
-        if let Ok(mut p) = self.privileges.lock() {
-            for (h, o) in &observed {
-                if let Ok(o) = o {
-                    p.insert(h.clone(), o.privilege);
-                }
-            }
-        }
+        self.remember_privileges(&observed);
         observed
     }
 
@@ -363,37 +386,42 @@ impl Driver {
         }
     }
 
-    /// Lock every host for this container name: the head node first, then the rest, so two
-    /// concurrent setups serialize at the head instead of deadlocking across hosts.
-    async fn lock_all(&self, events: &Option<EventSink>) -> Result<Vec<Holder>, (String, String)> {
-        let cmd = rl::lock_command(&self.name, self.opts.lock_wait.as_secs() as u32)
+    /// Lock every host for this container name and probe it in the same round trip: the head
+    /// node first, then the rest in parallel, so two concurrent setups serialize at the head
+    /// instead of deadlocking across hosts.
+    async fn lock_and_probe(&self, events: &Option<EventSink>) -> Result<Locked, (String, String)> {
+        let probe = self
+            .probe_script()
             .map_err(|e| (String::new(), e.to_string()))?;
+        let cmd =
+            rl::lock_and_probe_command(&self.name, self.opts.lock_wait.as_secs() as u32, &probe)
+                .map_err(|e| (String::new(), e.to_string()))?;
         let hosts = self.cluster.hosts().to_vec();
-        let mut holders = Vec::with_capacity(hosts.len());
         let wait = self.opts.lock_wait + Duration::from_secs(5);
         let (head, rest) = hosts
             .split_first()
             .ok_or((String::new(), "no hosts".into()))?;
         self.step(events, head, "lock");
-        holders.push(
-            self.cluster
-                .hold(head, &cmd, "locked", wait)
-                .await
-                .map_err(|r| (head.clone(), r.error.unwrap_or_default()))?,
-        );
+        let first = self
+            .cluster
+            .hold(head, &cmd, rl::PROBE_DONE, wait)
+            .await
+            .map_err(|r| (head.clone(), r.error.unwrap_or_default()))?;
+        let mut got: Vec<(usize, (Holder, String))> = vec![(0, first)];
         let mut pending = tokio::task::JoinSet::new();
         for (i, h) in rest.iter().enumerate() {
             self.step(events, h, "lock");
             let cluster = self.cluster.clone();
             let (h, cmd) = (h.clone(), cmd.clone());
-            pending
-                .spawn(async move { (i, h.clone(), cluster.hold(&h, &cmd, "locked", wait).await) });
+            pending.spawn(async move {
+                let held = cluster.hold(&h, &cmd, rl::PROBE_DONE, wait).await;
+                (i + 1, h, held)
+            });
         }
-        let mut got: Vec<(usize, Holder)> = Vec::new();
         let mut err = None;
         while let Some(joined) = pending.join_next().await {
             match joined {
-                Ok((i, _, Ok(holder))) => got.push((i, holder)),
+                Ok((i, _, Ok(held))) => got.push((i, held)),
                 Ok((_, h, Err(r))) => err = Some((h, r.error.unwrap_or_default())),
                 Err(e) => err = Some((String::new(), e.to_string())),
             }
@@ -402,8 +430,17 @@ impl Driver {
             return Err(e);
         }
         got.sort_by_key(|(i, _)| *i);
-        holders.extend(got.into_iter().map(|(_, h)| h));
-        Ok(holders)
+        let mut holders = Vec::with_capacity(got.len());
+        let mut observed = Vec::with_capacity(got.len());
+        for ((_, (holder, text)), h) in got.into_iter().zip(&hosts) {
+            holders.push(holder);
+            observed.push((h.clone(), parse_probe(&text)));
+        }
+        self.remember_privileges(&observed);
+        Ok(Locked {
+            _holders: holders,
+            observed,
+        })
     }
 
     /// The `docker run` for one host: per-host home in the default volumes, default devices only
@@ -441,9 +478,9 @@ impl Driver {
     /// Bring the containers to what the configuration wants (see the lifetime table).
     pub async fn setup(&self, events: &Option<EventSink>) -> Report {
         let started = Instant::now();
-        let _locks = if self.opts.lock {
-            match self.lock_all(events).await {
-                Ok(l) => l,
+        let (_locks, observed) = if self.opts.lock {
+            match self.lock_and_probe(events).await {
+                Ok(locked) => (Some(locked._holders), locked.observed),
                 Err((host, why)) => {
                     return Report {
                         op: "setup",
@@ -460,10 +497,9 @@ impl Driver {
                 }
             }
         } else {
-            Vec::new()
+            let hosts = self.cluster.hosts().to_vec();
+            (None, self.probe(&hosts, events).await)
         };
-        let hosts = self.cluster.hosts().to_vec();
-        let observed = self.probe(&hosts, events).await;
         let plan = plan_setup(&self.desired(), &observed);
         let mut report = self.report_from("setup", &plan, &observed, started);
         if !plan.proceeds() {
@@ -627,6 +663,37 @@ impl Driver {
                 return report;
             }
         }
+        // Remember what this setup left: fresh or restarted containers run no sshd yet.
+        let mut left = observed.clone();
+        for (h, o) in left.iter_mut() {
+            if let Ok(o) = o {
+                let action = plan.hosts.iter().find(|p| &p.host == h).map(|p| p.action);
+                if matches!(
+                    action,
+                    Some(HostAction::Launch | HostAction::Recreate | HostAction::Start)
+                ) {
+                    o.sshd_up = false;
+                    if let Some(c) = o.container.as_mut() {
+                        c.running = true;
+                    } else {
+                        o.container = Some(crate::lifecycle::observe::ContainerInfo {
+                            running: true,
+                            status: "running".into(),
+                            ..Default::default()
+                        });
+                    }
+                }
+                if let Some(r) = report.hosts.iter().find(|r| &r.host == h)
+                    && let Some(c) = o.container.as_mut()
+                    && !r.container_id.is_empty()
+                {
+                    c.id = r.container_id.clone();
+                }
+            }
+        }
+        if let Ok(mut g) = self.after_setup.lock() {
+            *g = Some((Instant::now(), left));
+        }
         report.message = match plan.kind {
             crate::lifecycle::DecisionKind::Launch => format!(
                 "{} (launched and provisioned on {} hosts)",
@@ -680,7 +747,17 @@ impl Driver {
     pub async fn setup_sshd(&self, events: &Option<EventSink>) -> Report {
         let started = Instant::now();
         let hosts = self.cluster.hosts().to_vec();
-        let observed = self.probe(&hosts, events).await;
+        let recent = self
+            .after_setup
+            .lock()
+            .ok()
+            .and_then(|mut g| g.take())
+            .filter(|(at, _)| at.elapsed() < SETUP_STATE_TTL)
+            .map(|(_, o)| o);
+        let observed = match recent {
+            Some(o) => o,
+            None => self.probe(&hosts, events).await,
+        };
         let mut reports: Vec<HostReport> = Vec::new();
         let mut needing = Vec::new();
         for (h, o) in &observed {
@@ -822,6 +899,9 @@ impl Driver {
     /// remove this owner's per_run containers left by crashed runs (found by label).
     pub async fn teardown(&self, orphans: bool, events: &Option<EventSink>) -> Report {
         let started = Instant::now();
+        if let Ok(mut g) = self.after_setup.lock() {
+            *g = None;
+        }
         let hosts = self.cluster.hosts().to_vec();
         let mut reports: Vec<HostReport> = hosts
             .iter()

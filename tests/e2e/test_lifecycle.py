@@ -403,7 +403,7 @@ def test_python_api_drives_the_same_lifecycle(docker_cluster, tmp_path, config_n
     try:
         rep = lc.setup(progress=lambda h, p: seen.append((h, p)))
         assert rep.ok and rep.kind == "launch"
-        assert {p for _, p in seen} >= {"probe", "launch", "provision"}
+        assert {p for _, p in seen} >= {"lock", "launch", "provision"}  # lock carries the probe
         res = lc.exec("cat /proc/1/cmdline | tr '\\0' ' '")
         assert res.ok and all(r.stdout.startswith("sleep infinity") for r in res)
         assert lc.teardown().ok
