@@ -85,6 +85,25 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+try:  # imported as harness.docker_cluster, or run as a script from harness/
+    from harness.proc import alive as _alive
+    from harness.proc import banner as _banner
+    from harness.proc import children as _children
+    from harness.proc import cmdline as _cmdline
+    from harness.proc import comm as _comm
+    from harness.proc import descendants as _descendants
+    from harness.proc import keygen as _keygen
+    from harness.proc import kill as _kill
+except ImportError:  # pragma: no cover - script mode
+    from proc import alive as _alive  # type: ignore[no-redef]
+    from proc import banner as _banner  # type: ignore[no-redef]
+    from proc import children as _children  # type: ignore[no-redef]
+    from proc import cmdline as _cmdline  # type: ignore[no-redef]
+    from proc import comm as _comm  # type: ignore[no-redef]
+    from proc import descendants as _descendants  # type: ignore[no-redef]
+    from proc import keygen as _keygen  # type: ignore[no-redef]
+    from proc import kill as _kill  # type: ignore[no-redef]
+
 HARNESS_DIR = Path(__file__).resolve().parent
 NODE_SCRIPT = HARNESS_DIR / "node_harness.sh"
 BUILD_SCRIPT = HARNESS_DIR / "build_images.sh"
@@ -275,37 +294,6 @@ def _run(argv: list[str], *, check: bool = True, timeout: float = 60, **kw: Any)
     return proc
 
 
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-def _alive(pid: int) -> bool:
-    """Running (not gone, not a zombie waiting for its parent)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
 def _wait_gone(pid: int, timeout: float, popen: subprocess.Popen | None = None) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -316,30 +304,6 @@ def _wait_gone(pid: int, timeout: float, popen: subprocess.Popen | None = None) 
             return True
         time.sleep(0.05)
     return False
-
-
-def _kill(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, sig)
-
-
-def _descendants(root: int) -> list[int]:
-    found: list[int] = []
-    frontier = [root]
-    while frontier:
-        nxt = [c for p in frontier for c in _children(p)]
-        found.extend(nxt)
-        frontier = nxt
-    return found
-
-
-def _banner(addr: str, port: int, timeout: float = 1.0) -> bool:
-    try:
-        with socket.create_connection((addr, port), timeout=timeout) as s:
-            s.settimeout(timeout)
-            return s.recv(64).startswith(b"SSH-")
-    except OSError:
-        return False
 
 
 def _docker_ping(sock: Path, timeout: float = 1.0) -> bool:
@@ -358,12 +322,6 @@ def _docker_ping(sock: Path, timeout: float = 1.0) -> bool:
             return data.startswith(b"HTTP/1.") and b" 200 " in data.split(b"\r\n", 1)[0]
     except OSError:
         return False
-
-
-def _keygen(path: Path, comment: str) -> None:
-    if not path.exists():
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
-    path.chmod(0o600)
 
 
 def _is_docker_save(path: Path) -> bool:

@@ -35,6 +35,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+try:  # imported as harness.sshd_cluster, or run as a script from harness/
+    from harness.proc import banner as _banner
+    from harness.proc import descendants as _descendants
+    from harness.proc import keygen as _keygen
+except ImportError:  # pragma: no cover - script mode
+    from proc import banner as _banner  # type: ignore[no-redef]
+    from proc import descendants as _descendants  # type: ignore[no-redef]
+    from proc import keygen as _keygen  # type: ignore[no-redef]
+
 SSHD = os.environ.get("SSHD", "/usr/sbin/sshd")
 STD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KEX = "curve25519-sha256"
@@ -58,24 +67,6 @@ def _can_bind(addr: str, port: int) -> bool:
         return False
     finally:
         s.close()
-
-
-def _banner(addr: str, port: int, timeout: float = 1.0) -> bool:
-    try:
-        with socket.create_connection((addr, port), timeout=timeout) as s:
-            s.settimeout(timeout)
-            return s.recv(64).startswith(b"SSH-2.0-")
-    except OSError:
-        return False
-
-
-def _keygen(path: Path, comment: str) -> None:
-    if not path.exists():
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-            check=True,
-        )
-    path.chmod(0o600)
 
 
 @dataclass
@@ -359,27 +350,6 @@ class SshdCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _descendants(root: int) -> list[int]:
-    """PIDs of every process below `root` (children first found by a /proc scan)."""
-    parent_of: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        parent_of[int(entry)] = int(fields[1])
-    found: list[int] = []
-    frontier = [root]
-    while frontier:
-        nxt = [pid for pid, ppid in parent_of.items() if ppid in frontier]
-        found.extend(nxt)
-        frontier = nxt
-    return found
 
 
 def _current_user() -> str:

@@ -400,6 +400,26 @@ impl Cluster {
         results
     }
 
+    /// Establish the masters of `hosts` concurrently (no command runs); the failures, by host.
+    pub async fn connect(self: &Arc<Self>, hosts: &[String]) -> Vec<HostResult> {
+        let mut pending = tokio::task::JoinSet::new();
+        for h in hosts {
+            let (this, h) = (self.clone(), h.clone());
+            pending.spawn(async move {
+                let slot = this.slots.get(&h).cloned()?;
+                this.master_for(&h, &slot, &None).await.err()
+            });
+        }
+        let mut failed = Vec::new();
+        while let Some(joined) = pending.join_next().await {
+            if let Ok(Some(r)) = joined {
+                failed.push(r);
+            }
+        }
+        failed.sort_by_key(|r| hosts.iter().position(|h| *h == r.host));
+        failed
+    }
+
     /// Start `cmd` on `host` and keep it running until the returned holder is dropped: used to
     /// hold a remote lock for the duration of a multi-step operation. Waits until the command
     /// prints `ready` on a line (or fails with its output); returns what it printed before.

@@ -401,6 +401,17 @@ impl Driver {
         let (head, rest) = hosts
             .split_first()
             .ok_or((String::new(), "no hosts".into()))?;
+        // Connecting is the slow part: do it for every host at once, before the head-first
+        // lock order serializes anything.
+        for h in &hosts {
+            self.step(events, h, "connect");
+        }
+        if let Some(r) = self.cluster.connect(&hosts).await.into_iter().next() {
+            return Err((
+                r.host.clone(),
+                format!("{}: {}", r.status.as_str(), r.error.unwrap_or_default()),
+            ));
+        }
         self.step(events, head, "lock");
         let first = self
             .cluster
@@ -487,10 +498,24 @@ impl Driver {
                         kind: "lock_failed".into(),
                         ok: false,
                         message: format!(
-                            "Could not lock container '{}' on {host}: {why}",
+                            "Could not lock container '{}' on {host}: {why}. Nothing was changed.",
                             self.name
                         ),
-                        hosts: Vec::new(),
+                        hosts: self
+                            .cluster
+                            .hosts()
+                            .iter()
+                            .map(|h| HostReport {
+                                host: h.clone(),
+                                action: "refuse".into(),
+                                detail: if *h == host {
+                                    why.clone()
+                                } else {
+                                    "not changed: another host could not be locked".into()
+                                },
+                                ..HostReport::default()
+                            })
+                            .collect(),
                         warnings: Vec::new(),
                         elapsed: started.elapsed(),
                     };
