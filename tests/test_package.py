@@ -129,22 +129,34 @@ def test_progress_is_plain_lines_off_a_terminal(capsys) -> None:
     assert stream.text == "  h1: probe\n  h2: launch\n"
 
 
-def test_progress_redraws_one_status_line_on_a_terminal() -> None:
+def test_progress_redraws_one_line_per_host_on_a_terminal() -> None:
     stream = _Stream(tty=True)
     p = cli.Progress(stream=stream)
     p("h1", "probe")
     p.last_draw = 0.0
-    p("h2", "probe")
+    p("h22", "probe")
     p.last_draw = 0.0
     p("h1", "launch")
-    assert "\n" not in stream.text
-    assert stream.text.endswith("2 hosts: [launch 1] [probe 1]")
-    assert stream.text.count("\r\x1b[2K") == 3
     p.done()
-    assert stream.text.endswith("\r\x1b[2K")
+    # The last frame moves up one line (two-line block) and rewrites both hosts in place.
+    last = stream.text.rsplit("\x1b[1A", 1)[1]
+    assert last == "\r\x1b[2K  h1   launch\n\x1b[2K  h22  probe\n"
     quiet = _Stream(tty=True)
     cli.Progress(stream=quiet, enabled=False)("h1", "probe")
     assert quiet.text == ""
+
+
+def test_progress_summarizes_many_hosts_on_one_line() -> None:
+    stream = _Stream(tty=True)
+    p = cli.Progress(stream=stream)
+    for i in range(cli.Progress.MAX_LINES + 6):
+        p.last_draw = 0.0
+        p(f"h{i}", "probe" if i % 2 else "launch")
+    last = stream.text.rsplit("\r", 1)[1]
+    n = cli.Progress.MAX_LINES + 6
+    # One summary line, then the rows of the earlier per-host block cleared below it.
+    assert last.startswith(f"\x1b[2K{n} hosts: [launch 15] [probe 15]\n\x1b[2K")
+    assert "h0" not in last
 
 
 def test_cli_help_documents_exit_codes(capsys) -> None:

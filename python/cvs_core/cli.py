@@ -52,7 +52,11 @@ def _summary(cfg: cvs_core.ClusterConfig) -> list[str]:
 
 
 class Progress:
-    """Live per-host progress: one rewritten status line on a terminal, plain lines otherwise."""
+    """Live per-host progress. On a terminal: one line per host, redrawn in place, for up to
+    ``MAX_LINES`` hosts, and one summary line of phase counts beyond that (1000 lines would
+    scroll away). Off a terminal: one plain line per event."""
+
+    MAX_LINES = 24
 
     def __init__(self, stream: Any = None, enabled: bool = True) -> None:
         self.stream = stream or sys.stderr
@@ -60,6 +64,7 @@ class Progress:
         self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.phase: dict[str, str] = {}
         self.last_draw = 0.0
+        self.drawn = 0  # lines of the block currently on screen
 
     def __call__(self, host: str, phase: str) -> None:
         if not self.enabled:
@@ -72,16 +77,33 @@ class Progress:
         if now - self.last_draw < 0.1:
             return
         self.last_draw = now
+        self._draw()
+
+    def _lines(self) -> list[str]:
+        if len(self.phase) <= self.MAX_LINES:
+            width = max(len(h) for h in self.phase)
+            return [f"  {h:<{width}}  {p}" for h, p in self.phase.items()]
         counts: dict[str, int] = {}
         for p in self.phase.values():
             counts[p] = counts.get(p, 0) + 1
         parts = " ".join(f"[{p} {n}]" for p, n in counts.items())
-        self.stream.write(f"\r\x1b[2K{len(self.phase)} hosts: {parts}")
+        return [f"{len(self.phase)} hosts: {parts}"]
+
+    def _draw(self) -> None:
+        # Move to the top of the block drawn last time, then rewrite it line by line.
+        out = "\x1b[1A" * max(self.drawn - 1, 0) + "\r"
+        lines = self._lines()
+        out += "\n".join(f"\x1b[2K{line}" for line in lines)
+        for _ in range(self.drawn - len(lines)):
+            out += "\n\x1b[2K"
+        self.stream.write(out)
         self.stream.flush()
+        self.drawn = max(len(lines), self.drawn)
 
     def done(self) -> None:
         if self.tty and self.phase:
-            self.stream.write("\r\x1b[2K")
+            self._draw()  # the final state, then leave it on screen
+            self.stream.write("\n")
             self.stream.flush()
 
 
