@@ -28,6 +28,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from cvs_core.compat._results import console_kw as _console_kw
+from cvs_core.compat._results import exit_code as _exit_code
+from cvs_core.compat._results import failed_hosts as _failed_hosts
 from cvs_core.compat.parallel_ssh_lib import Pssh
 
 from .base import Orchestrator
@@ -38,28 +41,10 @@ _ENGINE_PSSH: type = Pssh
 
 MPI_HOSTFILE = "/tmp/mpi_hosts.txt"
 # CVS main's cvs.lib.utils_lib.get_passwordless_sudo_status probe.
+
 SUDO_PROBE_CMD = "sudo -n true >/dev/null 2>&1; echo $?"
 # Distinct host subsets whose handles are kept; the least recently used one is closed beyond.
 MAX_SUBSET_HANDLES = 16
-
-
-def _console_kw(print_console: Any) -> dict[str, Any]:
-    """CVS main's ``print_console`` keyword, only when the caller changed it."""
-    return {} if print_console is True else {"print_console": print_console}
-
-
-def _exit_code(entry: Any) -> int:
-    """A detailed result's exit code; anything unreadable is -1 (unknown), never success."""
-    if isinstance(entry, dict):
-        code = entry.get("exit_code")
-        return code if isinstance(code, int) else -1
-    return -1
-
-
-def _failed_hosts(results: Any) -> list[str]:
-    if not isinstance(results, dict):
-        return []
-    return [h for h, r in results.items() if _exit_code(r) != 0]
 
 
 def _destroy(handle: Any, log: Any) -> None:

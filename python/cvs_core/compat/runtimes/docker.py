@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import cvs_core
+from cvs_core.compat._results import console_kw as _console_kw
+from cvs_core.compat._results import failed_hosts as _failed
 
 # A cold node pulls a multi-GB image inside ``docker run`` (fa4ca32e; main went to 120 s plus
 # an explicit pull).
@@ -31,27 +33,10 @@ CONTAINER_START_TIMEOUT_S = 900
 GUARDED_INFINIBAND_EXPANSION = cvs_core.INFINIBAND_EXPANSION_GUARDED
 PROBE_TIMEOUT_S = 30
 LOAD_TIMEOUT_S = 600
+
 SETUP_LOAD_TIMEOUT_S = 300
 PULL_TIMEOUT_S = 600
 LOGIN_TIMEOUT_S = 30
-
-
-def _console_kw(print_console: Any) -> dict[str, Any]:
-    """CVS main's ``print_console`` keyword, only when the caller changed it."""
-    return {} if print_console is True else {"print_console": print_console}
-
-
-def _exit_code(entry: Any) -> int:
-    if isinstance(entry, dict):
-        code = entry.get("exit_code")
-        return code if isinstance(code, int) else -1
-    return -1
-
-
-def _failed(results: Any) -> list[str]:
-    if not isinstance(results, dict):
-        return []
-    return [h for h, r in results.items() if _exit_code(r) != 0]
 
 
 def _all_ok(results: Any) -> bool:
