@@ -10,8 +10,8 @@ use tokio::sync::{mpsc, watch};
 use super::config::PyClusterConfig;
 use super::errors::{IntoPyResult, guard};
 use super::ssh::{PyCluster, PyResults, invalid, to_duration, wait};
-use crate::ssh::lifecycle::{Driver, HostReport, LifecycleOptions, Report};
-use crate::ssh::{EventSink, Input, JobSpec};
+use crate::ssh::lifecycle::{Driver, HostReport, LifecycleOptions, Op, Report};
+use crate::ssh::{Input, JobSpec};
 
 /// One host's part of a lifecycle operation.
 #[pyclass(frozen, module = "cvs_core", name = "HostReport")]
@@ -197,14 +197,21 @@ impl PyContainerLifecycle {
         &self,
         py: Python<'_>,
         progress: Option<&Bound<'_, PyAny>>,
-        op: impl FnOnce(
-            Arc<Driver>,
-            Option<EventSink>,
-        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Report> + Send>>,
+        op: Op,
+    ) -> PyResult<PyLifecycleReport> {
+        guard(py, || self.call_unguarded(py, progress, op))
+    }
+
+    fn call_unguarded(
+        &self,
+        py: Python<'_>,
+        progress: Option<&Bound<'_, PyAny>>,
+        op: Op,
     ) -> PyResult<PyLifecycleReport> {
         let (cancel_tx, _cancel_rx) = watch::channel(false);
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-        let fut = op(self.driver.clone(), Some(ev_tx));
+        let driver = self.driver.clone();
+        let fut = async move { driver.run_op(op, &Some(ev_tx)).await };
         let report = wait(py, fut, cancel_tx, ev_rx, progress)?;
         let logger = py
             .import("logging")?
@@ -308,11 +315,7 @@ impl PyContainerLifecycle {
         py: Python<'_>,
         progress: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyLifecycleReport> {
-        guard(py, || {
-            self.call(py, progress, |d, ev| {
-                Box::pin(async move { d.plan(&ev).await })
-            })
-        })
+        self.call(py, progress, Op::Plan)
     }
 
     /// Launch, start or attach per the lifetime; provision fresh containers.
@@ -322,11 +325,7 @@ impl PyContainerLifecycle {
         py: Python<'_>,
         progress: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyLifecycleReport> {
-        guard(py, || {
-            self.call(py, progress, |d, ev| {
-                Box::pin(async move { d.setup(&ev).await })
-            })
-        })
+        self.call(py, progress, Op::Setup)
     }
 
     /// Start the in-container sshd where it is not running and prove it answers.
@@ -336,11 +335,7 @@ impl PyContainerLifecycle {
         py: Python<'_>,
         progress: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyLifecycleReport> {
-        guard(py, || {
-            self.call(py, progress, |d, ev| {
-                Box::pin(async move { d.setup_sshd(&ev).await })
-            })
-        })
+        self.call(py, progress, Op::SetupSshd)
     }
 
     /// Remove per_run containers (persistent and no_launch are kept); `orphans` also removes
@@ -352,11 +347,7 @@ impl PyContainerLifecycle {
         orphans: bool,
         progress: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyLifecycleReport> {
-        guard(py, || {
-            self.call(py, progress, move |d, ev| {
-                Box::pin(async move { d.teardown(orphans, &ev).await })
-            })
-        })
+        self.call(py, progress, Op::Teardown { orphans })
     }
 
     /// Per-host state: running, container ID, started-at, images, config hash, sshd.
@@ -366,11 +357,7 @@ impl PyContainerLifecycle {
         py: Python<'_>,
         progress: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyLifecycleReport> {
-        guard(py, || {
-            self.call(py, progress, |d, ev| {
-                Box::pin(async move { d.status(&ev).await })
-            })
-        })
+        self.call(py, progress, Op::Status)
     }
 
     /// Run `cmd` inside the container on every host (or `hosts`) with `bash -c`.

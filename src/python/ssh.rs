@@ -76,6 +76,16 @@ pub(crate) fn wait<T: Send + 'static>(
     }
 }
 
+/// `wait` for a future that neither reports progress nor can be cancelled remotely.
+fn wait_plain<T: Send + 'static>(
+    py: Python<'_>,
+    fut: impl Future<Output = T> + Send + 'static,
+) -> PyResult<T> {
+    let (tx, _rx) = watch::channel(false);
+    let (_etx, erx) = mpsc::unbounded_channel();
+    wait(py, fut, tx, erx, None)
+}
+
 fn deliver(
     batch: &[Event],
     progress: Option<&Bound<'_, PyAny>>,
@@ -748,23 +758,13 @@ impl PyCluster {
     /// PIDs of the connected OpenSSH masters (one per connected host).
     fn master_pids(&self, py: Python<'_>) -> PyResult<Vec<u32>> {
         let cluster = self.inner.clone();
-        let (tx, _rx) = watch::channel(false);
-        let (_etx, erx) = mpsc::unbounded_channel();
-        wait(
-            py,
-            async move { cluster.master_pids().await },
-            tx,
-            erx,
-            None,
-        )
+        wait_plain(py, async move { cluster.master_pids().await })
     }
 
     /// End every master. The cluster cannot be used afterwards.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let cluster = self.inner.clone();
-        let (tx, _rx) = watch::channel(false);
-        let (_etx, erx) = mpsc::unbounded_channel();
-        wait(py, async move { cluster.close().await }, tx, erx, None)
+        wait_plain(py, async move { cluster.close().await })
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {

@@ -117,14 +117,14 @@ done
     ))
 }
 
-/// Hold an exclusive per-name lock on the host while the SSH channel stays open: prints
-/// `locked` once held; ends (releasing it) when stdin closes, i.e. when the holder finishes or
-/// its process dies. Two concurrent setups of one persistent name thus run one after the other.
-pub fn lock_command(name: &str, wait_s: u32) -> Result<String> {
+/// Take an exclusive per-name lock on fd 9 and print `locked`. It is held until the shell
+/// exits, i.e. until the SSH channel closes (the holder finishes or its process dies), so two
+/// concurrent setups of one persistent name run one after the other.
+fn acquire_lock(name: &str, wait_s: u32) -> Result<String> {
     validate_container_name(name)?;
     let path = quote(&format!("/tmp/cvs-core-{name}.lock"))?;
     Ok(format!(
-        "exec 9>>{path} && flock -x -w {wait_s} 9 && echo locked && cat >/dev/null"
+        "exec 9>>{path} && flock -x -w {wait_s} 9 && echo locked"
     ))
 }
 
@@ -135,11 +135,9 @@ pub const PROBE_DONE: &str = "cvs-probe-done";
 /// so its early `exit`s end only the probe), print [`PROBE_DONE`], then hold the lock until
 /// stdin closes. The caller reads everything before `PROBE_DONE` as the probe's output.
 pub fn lock_and_probe_command(name: &str, wait_s: u32, probe: &str) -> Result<String> {
-    validate_container_name(name)?;
-    let path = quote(&format!("/tmp/cvs-core-{name}.lock"))?;
     Ok(format!(
-        "exec 9>>{path} && flock -x -w {wait_s} 9 && echo locked && ( {probe} ); \
-         echo {PROBE_DONE} && cat >/dev/null"
+        "{} && ( {probe} ); echo {PROBE_DONE} && cat >/dev/null",
+        acquire_lock(name, wait_s)?
     ))
 }
 
@@ -197,11 +195,13 @@ mod tests {
         assert!(keys.starts_with("tar -C \"$HOME/.ssh\" -cf - . | docker exec -i c1 sh -c "));
         let sshd = start_sshd_command("", "c1", 2230).unwrap();
         assert!(sshd.ends_with("/usr/sbin/sshd -p 2230'"), "{sshd}");
-        let lock = lock_command("c1", 60).unwrap();
+        let lock = lock_and_probe_command("c1", 60, "echo priv=root; exit 0").unwrap();
         assert_eq!(
             lock,
-            "exec 9>>/tmp/cvs-core-c1.lock && flock -x -w 60 9 && echo locked && cat >/dev/null"
+            "exec 9>>/tmp/cvs-core-c1.lock && flock -x -w 60 9 && echo locked && \
+             ( echo priv=root; exit 0 ); echo cvs-probe-done && cat >/dev/null"
         );
+        assert!(lock_and_probe_command("-c1", 60, "true").is_err());
         let check = banner_check_script(&["10.0.0.1".into(), "h 2".into()], 2224, 3).unwrap();
         assert!(check.contains("for h in 10.0.0.1 'h 2'; do"));
         assert!(check.contains("while [ $i -lt 15 ]"));

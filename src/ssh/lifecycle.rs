@@ -92,6 +92,16 @@ pub struct Report {
     pub elapsed: Duration,
 }
 
+/// The driver's operations, so one entry point can run any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Plan,
+    Setup,
+    SetupSshd,
+    Teardown { orphans: bool },
+    Status,
+}
+
 pub struct Driver {
     cluster: Arc<Cluster>,
     spec: ContainerSpec,
@@ -323,6 +333,17 @@ impl Driver {
             hosts,
             warnings: plan.warnings.clone(),
             elapsed: started.elapsed(),
+        }
+    }
+
+    /// Run one operation.
+    pub async fn run_op(&self, op: Op, events: &Option<EventSink>) -> Report {
+        match op {
+            Op::Plan => self.plan(events).await,
+            Op::Setup => self.setup(events).await,
+            Op::SetupSshd => self.setup_sshd(events).await,
+            Op::Teardown { orphans } => self.teardown(orphans, events).await,
+            Op::Status => self.status(events).await,
         }
     }
 

@@ -47,14 +47,6 @@ impl Status {
             Status::Error => "error",
         }
     }
-
-    /// Whether the failure is about reaching the host rather than about the command.
-    pub fn is_transport(self) -> bool {
-        matches!(
-            self,
-            Status::Unreachable | Status::AuthFailed | Status::HostKeyMismatch
-        )
-    }
 }
 
 /// One host's outcome. `exit_code` is -1 when the command produced none (CVS's convention for
@@ -167,10 +159,8 @@ mod tests {
     }
 
     #[test]
-    fn transport_statuses() {
-        assert!(Status::Unreachable.is_transport());
-        assert!(Status::HostKeyMismatch.is_transport());
-        assert!(!Status::Timeout.is_transport());
+    fn status_names() {
+        assert_eq!(Status::HostKeyMismatch.as_str(), "host_key_mismatch");
         assert_eq!(Status::InactivityTimeout.as_str(), "inactivity_timeout");
     }
 }

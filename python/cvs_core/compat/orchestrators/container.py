@@ -108,30 +108,26 @@ class ContainerOrchestrator(BaremetalOrchestrator):
         defaults = [f"/home/{user}:/workspace", f"/home/{user}/.ssh:/host_ssh"]
         return defaults + list(self._runtime_args().get("volumes") or [])
 
-    def get_devices(self) -> list[str]:
-        return list(DEFAULT_CONTAINER_ARGS["devices"]) + list(
-            self._runtime_args().get("devices") or []
+    def _defaults_plus(self, default_key: str, args_key: str) -> list[str]:
+        """CVS's default list for ``default_key`` with ``runtime.args[args_key]`` appended."""
+        return list(DEFAULT_CONTAINER_ARGS[default_key]) + list(
+            self._runtime_args().get(args_key) or []
         )
+
+    def get_devices(self) -> list[str]:
+        return self._defaults_plus("devices", "devices")
 
     def get_capabilities(self) -> list[str]:
-        return list(DEFAULT_CONTAINER_ARGS["capabilities"]) + list(
-            self._runtime_args().get("cap_add") or []
-        )
+        return self._defaults_plus("capabilities", "cap_add")
 
     def get_security_opts(self) -> list[str]:
-        return list(DEFAULT_CONTAINER_ARGS["security_opts"]) + list(
-            self._runtime_args().get("security_opt") or []
-        )
+        return self._defaults_plus("security_opts", "security_opt")
 
     def get_groups(self) -> list[str]:
-        return list(DEFAULT_CONTAINER_ARGS["groups"]) + list(
-            self._runtime_args().get("group_add") or []
-        )
+        return self._defaults_plus("groups", "group_add")
 
     def get_ulimits(self) -> list[str]:
-        return list(DEFAULT_CONTAINER_ARGS["ulimits"]) + list(
-            self._runtime_args().get("ulimit") or []
-        )
+        return self._defaults_plus("ulimits", "ulimit")
 
     def get_environment(self) -> dict[str, Any]:
         # container.env, as CVS's code reads it (its docstring said runtime.args.env).
