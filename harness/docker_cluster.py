@@ -819,9 +819,10 @@ class DockerCluster:
         # from our bounding set (CAP_SYS_RESOURCE on the Firecracker sandbox) runc fails
         # "unable to apply caps" -> make runc-capfilter the default runtime
         # (CVS_RUNC_WRAPPER=0 disables, =1 forces)
+        # It also carries the launch gate tests use (gate_launch), so "auto" uses it always.
         mode = os.environ.get("CVS_RUNC_WRAPPER", "auto")
         missing = _run([str(CAPFILTER), "--print-missing"]).stdout.split()
-        if mode == "1" or (missing and mode != "0"):
+        if mode != "0":
             dest = self.workdir / "bin" / "runc-capfilter"
             dest.parent.mkdir(exist_ok=True)
             shutil.copyfile(CAPFILTER, dest)
@@ -851,6 +852,10 @@ class DockerCluster:
             except OSError:
                 shutil.copy2(src, dest)
         (self.workdir / "docker-cli").mkdir(exist_ok=True)
+        # the node script where every node sees it (/run/cvs/bin), wherever the checkout is
+        # (a checkout under /tmp is hidden by the nodes' private /tmp)
+        (self.workdir / "bin").mkdir(exist_ok=True)
+        shutil.copyfile(NODE_SCRIPT, self.workdir / "bin" / "node_harness.sh")
 
         known: list[str] = []
         aliases: list[str] = []
@@ -1276,6 +1281,80 @@ class DockerCluster:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"sshd on {self.names[i]} did not come back")
             time.sleep(0.05)
+
+    def gate_launch(self, i: int, closed: bool = True) -> None:
+        """Hold (closed=True) or release every container start on node i: `docker run` there
+        creates the container and then waits in the runtime until the gate opens (needs the
+        runc wrapper: CVS_RUNC_WRAPPER must not be 0)."""
+        if not self.runtime:
+            raise RuntimeError("the launch gate needs the runc wrapper (CVS_RUNC_WRAPPER=0 set)")
+        gate = self.workdir / "gates" / f"create-{self.names[i]}"
+        if closed:
+            gate.parent.mkdir(exist_ok=True)
+            gate.touch()
+        else:
+            gate.unlink(missing_ok=True)
+
+    def dockerd_pid(self, i: int) -> int | None:
+        """Root-namespace PID of node i's dockerd (None when it does not run)."""
+        init = self.init_pid(i)
+        pids = [c for c in _descendants(init) if _comm(c) == "dockerd"]
+        return pids[0] if pids else None
+
+    def kill_dockerd(self, i: int) -> None:
+        """SIGKILL node i's dockerd, as a crash would (containerd and the containers stay)."""
+        pid = self.dockerd_pid(i)
+        if pid is None:
+            return
+        _kill(pid, signal.SIGKILL)
+        if not _wait_gone(pid, 10):
+            raise RuntimeError(f"dockerd of {self.names[i]} did not die")
+
+    def pause_dockerd(self, i: int) -> None:
+        """SIGSTOP node i's dockerd: its API accepts connections and never answers (a hung
+        daemon). ``resume_dockerd(i)`` undoes it."""
+        pid = self.dockerd_pid(i)
+        if pid is None:
+            raise RuntimeError(f"dockerd of {self.names[i]} is not running")
+        _kill(pid, signal.SIGSTOP)
+
+    def resume_dockerd(self, i: int) -> None:
+        pid = self.dockerd_pid(i)
+        if pid is not None:
+            _kill(pid, signal.SIGCONT)
+
+    def start_dockerd(self, i: int, timeout: float = 60) -> None:
+        """Start node i's dockerd again after kill_dockerd() (no-op when it runs); returns
+        once its API answers."""
+        if self.dockerd_pid(i) is None:
+            argv = [
+                "nsenter", "-t", str(self.init_pid(i)), "-m", "-u", "-i", "-n", "-p", "--",
+                "/bin/bash", f"{NODE_SHARE}/bin/node_harness.sh", "dockerd", self.names[i],
+            ]  # fmt: skip
+            env = {
+                "PATH": STD_PATH,
+                "HOME": "/root",
+                "LANG": "C.UTF-8",
+                "CVS_NODE_DRIVER": self.storage_driver,
+                "CVS_NODE_RUNTIME": self.runtime,
+                "CVS_NODE_CGROUP": f"/{self.cgroups[i]}",
+            }
+            # nsenter waits for its child (the new dockerd): kept as ours, stopped with the
+            # node (its PID namespace dies with the node's PID 1)
+            self._popens[f"dockerd-{self.names[i]}"] = subprocess.Popen(
+                argv,
+                cwd="/",
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not _docker_ping(self.docker_socket(i), 0.5):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"dockerd of {self.names[i]} did not come back")
+            time.sleep(0.1)
 
     def status(self) -> list[dict[str, Any]]:
         out = []

@@ -23,6 +23,29 @@ set -euo pipefail
 
 NBASE=/run/cvs
 
+# The node's dockerd, in the foreground. --bridge=none/--iptables=false: containers get only
+# --network host (the node's netns) or none; the node has no default route, so a stray pull or
+# lookup fails fast instead of leaving the machine. --cgroup-parent keeps each node's containers
+# in their own cgroups (removed by the harness's stop()). `node_harness.sh dockerd NAME`, run
+# inside the node's namespaces, starts it again after a test killed it (the containerd it left
+# running is picked up again).
+run_dockerd() {
+  local name=$1
+  local ND=$NBASE/nodes/$name
+  local runtime_flags=()
+  if [ -n "${CVS_NODE_RUNTIME:-}" ]; then
+    runtime_flags=(--add-runtime "capfilter=$CVS_NODE_RUNTIME" --default-runtime capfilter)
+  fi
+  exec dockerd --config-file "$ND/daemon.json" \
+    --data-root "$ND/docker" --exec-root /run/docker --pidfile /run/docker.pid \
+    -H unix:///run/docker.sock -H "unix://$ND/docker.sock" \
+    --storage-driver "${CVS_NODE_DRIVER:-overlay2}" \
+    --iptables=false --ip6tables=false --ip-masq=false --bridge=none --userland-proxy=false \
+    --exec-opt native.cgroupdriver=cgroupfs --cgroup-parent "${CVS_NODE_CGROUP:-/cvs-$name}" \
+    --shutdown-timeout 2 \
+    "${runtime_flags[@]}" >>"$ND/dockerd.log" 2>&1
+}
+
 node_init() {
   local name=$1 hostdir=$2
   local ND=$NBASE/nodes/$name     # the node's view of HOST_WORKDIR/nodes/NAME
@@ -49,24 +72,9 @@ node_init() {
   mount --bind "$ND/tmp" /tmp                   # from here on only $ND paths are valid
   mount --bind "$ND/root" /root
 
-  local runtime_flags=()
-  if [ -n "${CVS_NODE_RUNTIME:-}" ]; then
-    runtime_flags=(--add-runtime "capfilter=$CVS_NODE_RUNTIME" --default-runtime capfilter)
-  fi
   local DPID="" SPID=""
   trap 'kill -TERM $SPID $DPID 2>/dev/null || true' TERM INT
-  # --bridge=none/--iptables=false: containers get only --network host (the node's netns) or
-  # none; the node has no default route, so a stray pull or lookup fails fast instead of
-  # leaving the machine. --cgroup-parent keeps each node's containers in their own cgroups
-  # (removed by the harness's stop()).
-  dockerd --config-file "$ND/daemon.json" \
-    --data-root "$ND/docker" --exec-root /run/docker --pidfile /run/docker.pid \
-    -H unix:///run/docker.sock -H "unix://$ND/docker.sock" \
-    --storage-driver "${CVS_NODE_DRIVER:-overlay2}" \
-    --iptables=false --ip6tables=false --ip-masq=false --bridge=none --userland-proxy=false \
-    --exec-opt native.cgroupdriver=cgroupfs --cgroup-parent "${CVS_NODE_CGROUP:-/cvs-$name}" \
-    --shutdown-timeout 2 \
-    "${runtime_flags[@]}" >"$ND/dockerd.log" 2>&1 &
+  run_dockerd "$name" &
   DPID=$!
   /usr/sbin/sshd -D -f "$ND/sshd_config" -E "$ND/sshd.log" &
   SPID=$!
@@ -80,6 +88,11 @@ case ${1:-} in
     shift
     [ $# = 2 ] || { echo "usage: node_harness.sh init NAME HOST_WORKDIR" >&2; exit 2; }
     node_init "$@"
+    ;;
+  dockerd)
+    shift
+    [ $# = 1 ] || { echo "usage: node_harness.sh dockerd NAME (inside the node)" >&2; exit 2; }
+    run_dockerd "$1"
     ;;
   *)
     sed -n '2,21p' "$0" >&2

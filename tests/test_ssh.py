@@ -189,7 +189,9 @@ def test_one_slow_host_never_delays_or_mislabels_the_others(ssh_cluster, sshd) -
         assert res[h].duration_s < res[slow].duration_s
 
 
-def test_ctrl_c_raises_promptly_and_stops_remote_work(sshd, tmp_path: Path) -> None:
+def test_ctrl_c_stops_remote_work_before_it_raises(sshd, tmp_path: Path) -> None:
+    """KeyboardInterrupt reaches the caller once the remote processes are gone (the kills are
+    awaited, bounded), so a program that exits right after it leaves nothing running."""
     script = tmp_path / "ctrlc.py"
     script.write_text(
         textwrap.dedent(
@@ -203,14 +205,18 @@ def test_ctrl_c_raises_promptly_and_stops_remote_work(sshd, tmp_path: Path) -> N
                 cl.exec("sleep 1000.125")
             except KeyboardInterrupt:
                 print("INTERRUPTED", time.monotonic(), flush=True)
-                time.sleep(2.5)  # let the background kill finish before the process exits
+                sys.stdin.readline()  # the test checks the hosts while this process lives
                 sys.exit(0)
             print("NOT INTERRUPTED", flush=True)
             """
         )
     )
     proc = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, str(script)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout.readline().strip() == "READY"
     deadline = time.monotonic() + 10
@@ -221,9 +227,11 @@ def test_ctrl_c_raises_promptly_and_stops_remote_work(sshd, tmp_path: Path) -> N
     proc.send_signal(signal.SIGINT)
     line = proc.stdout.readline().split()
     assert line[0] == "INTERRUPTED", proc.stderr.read()
-    assert float(line[1]) - sent < 0.5
+    assert remote_procs("sleep 1000.125") == []  # already gone when the exception was raised
+    assert float(line[1]) - sent < 10
+    proc.stdin.write("\n")
+    proc.stdin.flush()
     assert proc.wait(10) == 0
-    assert remote_procs("sleep 1000.125") == []
 
 
 # -- transport failures ------------------------------------------------------------------------

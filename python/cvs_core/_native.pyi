@@ -288,6 +288,7 @@ class Cluster:
         max_parallel: int | None = None,
         password: str | None = None,
         idle_timeout: float = 600.0,
+        keepalive: float = 30.0,
     ) -> None: ...
     @classmethod
     def from_config(cls, config: ClusterConfig, **kwargs: Any) -> Cluster: ...
@@ -371,6 +372,12 @@ class HostReport:
     @property
     def sshd_up(self) -> bool: ...
     @property
+    def unfinished(self) -> bool:
+        """Launched by cvs-core, but its provisioning never completed (setup replaces it)."""
+    @property
+    def sshd_holder(self) -> str:
+        """Who holds the sshd port when it is not this container's sshd ("" otherwise)."""
+    @property
     def output(self) -> str: ...
     def to_dict(self) -> dict[str, Any]: ...
 
@@ -415,13 +422,23 @@ class ContainerLifecycle:
         owner: str | None = None,
         inline_provision: bool = False,
         lock: bool = True,
+        keepalive: float = 30.0,
+        provision_timeout: float = 1800.0,
     ) -> None: ...
     @property
     def config_hash(self) -> str: ...
     @property
+    def run_id(self) -> str:
+        """``cvs.run-id`` of the containers this object creates (cleanup removes only those)."""
+    @property
     def cluster(self) -> Cluster: ...
     def plan(self, *, progress: _Progress | None = None) -> LifecycleReport: ...
-    def setup(self, *, progress: _Progress | None = None) -> LifecycleReport: ...
+    def setup(self, *, progress: _Progress | None = None) -> LifecycleReport:
+        """Launch, start or attach per the lifetime; provision fresh containers and record it.
+
+        Interrupted (Ctrl-C, or any exception from a signal handler), it stops the remote work
+        of the step on every host and removes what this run created, then re-raises; the
+        exception's ``report`` attribute is the LifecycleReport of what was done."""
     def setup_sshd(self, *, progress: _Progress | None = None) -> LifecycleReport: ...
     def teardown(
         self, *, orphans: bool = False, progress: _Progress | None = None

@@ -7,13 +7,16 @@ each host and why; changes nothing), ``up`` (set up the containers and their ssh
 
 Exit codes: 0 success; 1 the operation failed or was refused on some host; 2 invalid
 configuration or usage (errors are printed with the path of each offending field); 130
-interrupted (Ctrl-C: remote commands are stopped).
+interrupted by Ctrl-C, 143 by SIGTERM (the remote work of the step is stopped on every host and
+what the interrupted ``up`` created is removed before the command exits; the report says what
+was done).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -25,6 +28,16 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into the same cancellation path as Ctrl-C (the remote work is stopped
+    and what the step created is removed before the command exits)."""
+
+
+def _on_sigterm(_signum: int, _frame: Any) -> None:
+    raise Terminated("terminated")
 
 
 def _issues(exc: cvs_core.ConfigError) -> list[dict[str, str]]:
@@ -171,6 +184,8 @@ def _lifecycle(
         pull=getattr(args, "pull", None),
         recreate=getattr(args, "recreate", False),
         inline_provision=getattr(args, "inline_provision", False),
+        sshd_port=args.sshd_port,
+        keepalive=args.keepalive,
     )
 
 
@@ -198,7 +213,8 @@ def _print_report(report: cvs_core.LifecycleReport, args: argparse.Namespace) ->
 
 def _lifecycle_command(
     run: Callable[
-        [cvs_core.ContainerLifecycle, Progress, argparse.Namespace], list[cvs_core.LifecycleReport]
+        [cvs_core.ContainerLifecycle, Progress, argparse.Namespace, list],
+        list[cvs_core.LifecycleReport],
     ],
     many: bool = False,
 ) -> Callable[[argparse.Namespace], int]:
@@ -214,9 +230,26 @@ def _lifecycle_command(
             lifecycle = _lifecycle(args, cfg)
         except cvs_core.ConfigError as exc:
             return _print_config_error(args, exc)
+        except cvs_core.ScriptTooLargeError as exc:
+            # Found before any host is touched: a usage error, like a bad configuration.
+            print(f"cvs-core: {exc}", file=sys.stderr)
+            return EXIT_INVALID
         progress = Progress(enabled=not args.json and not args.quiet)
+        done: list[cvs_core.LifecycleReport] = []
         try:
-            reports = run(lifecycle, progress, args)
+            reports = run(lifecycle, progress, args, done)
+        except KeyboardInterrupt as exc:
+            progress.done()
+            report = getattr(exc, "report", None)
+            if report is not None:
+                done.append(report)
+            if args.json and many:
+                print(json.dumps([r.to_dict() for r in done], indent=2))
+            elif args.json and report is not None:
+                print(json.dumps(report.to_dict(), indent=2))
+            elif report is not None:
+                _print_report(report, args)
+            raise
         finally:
             progress.done()
             lifecycle.cluster.close()
@@ -230,8 +263,9 @@ def _lifecycle_command(
     return command
 
 
-def _up(lifecycle: cvs_core.ContainerLifecycle, progress: Progress, _args: Any) -> list:
+def _up(lifecycle: cvs_core.ContainerLifecycle, progress: Progress, _args: Any, done: list) -> list:
     setup = lifecycle.setup(progress=progress)
+    done.append(setup)
     if not setup.ok:
         return [setup]
     return [setup, lifecycle.setup_sshd(progress=progress)]
@@ -251,6 +285,7 @@ def _cmd_exec(args: argparse.Namespace) -> int:
                 known_hosts=args.known_hosts,
                 host_key_policy=args.host_key_policy,
                 connect_timeout=args.connect_timeout,
+                keepalive=args.keepalive,
             )
             runner: Any = cluster
         else:
@@ -301,6 +336,21 @@ def _add_ssh(p: argparse.ArgumentParser) -> None:
         help="host key checking (default: strict)",
     )
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S")
+    p.add_argument(
+        "--keepalive",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="SSH keepalive interval: a lost host is given up after about three (default 30)",
+    )
+    p.add_argument(
+        "--sshd-port",
+        type=int,
+        default=2224,
+        metavar="PORT",
+        help="port of the in-container sshd (default 2224, as CVS); with --network host every "
+        "container of a node shares it, so two users' persistent containers need two ports",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
 
@@ -309,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cvs-core",
         description="Run and containerise validation work across GPU clusters over SSH.",
         epilog="Exit codes: 0 ok, 1 failed or refused on some host, 2 invalid configuration "
-        "or usage, 130 interrupted.",
+        "or usage, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); an interrupted step stops "
+        "its remote work and removes what it created before exiting.",
     )
     sub = parser.add_subparsers(dest="command_name", metavar="COMMAND")
     sub.required = True
@@ -326,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="show what `up` would do on each host and why (dry run)")
     _add_common(p)
     _add_ssh(p)
-    p.set_defaults(func=_lifecycle_command(lambda lc, pr, _a: [lc.plan(progress=pr)]))
+    p.set_defaults(func=_lifecycle_command(lambda lc, pr, _a, _d: [lc.plan(progress=pr)]))
 
     u = sub.add_parser("up", help="set up the containers (per the lifetime) and their sshd")
     _add_common(u)
@@ -353,13 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also remove your per_run containers left behind by crashed runs",
     )
     d.set_defaults(
-        func=_lifecycle_command(lambda lc, pr, a: [lc.teardown(orphans=a.orphans, progress=pr)])
+        func=_lifecycle_command(lambda lc, pr, a, _d: [lc.teardown(orphans=a.orphans, progress=pr)])
     )
 
     s = sub.add_parser("status", help="per-host container state")
     _add_common(s)
     _add_ssh(s)
-    s.set_defaults(func=_lifecycle_command(lambda lc, pr, _a: [lc.status(progress=pr)]))
+    s.set_defaults(func=_lifecycle_command(lambda lc, pr, _a, _d: [lc.status(progress=pr)]))
 
     e = sub.add_parser("exec", help="run a command in the containers (or --on-host)")
     _add_common(e)
@@ -374,16 +425,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("cvs-core: interrupted; remote commands are being stopped", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"cvs-core: {what}; the remote work of the step was stopped", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except cvs_core.ConfigError as exc:
         return _print_config_error(args, exc)
     except cvs_core.CvsError as exc:
         print(f"cvs-core: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 //! start time, image, cvs-core labels), the local image, devices, in-container sshd, home.
 //! The probe script is rendered by `render::lifecycle::probe_script`; this parses its output.
 
+use crate::render::lifecycle::RECORD_PROVISIONED;
+
 /// How docker commands must be run on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Privilege {
@@ -40,9 +42,22 @@ pub struct ContainerInfo {
     pub lifetime: String,
     pub run_id: String,
     pub owner: String,
+    /// `cvs.state-file`: set by a cvs-core that records provisioning completion there.
+    pub state_file: String,
+    /// The container's init PID on the host (0 when not running).
+    pub pid: u32,
+    /// Run ID of the provisioning record, when the container has one.
+    pub provisioned_by: Option<String>,
 }
 
 impl ContainerInfo {
+    /// Launched by a cvs-core that records provisioning, and the record is not there: the run
+    /// that launched it was interrupted or failed before the setup script completed on every
+    /// host. Such a container holds no overlay worth keeping.
+    pub fn unfinished(&self) -> bool {
+        !self.state_file.is_empty() && self.provisioned_by.is_none()
+    }
+
     pub fn state(&self) -> ContainerState {
         if self.running {
             ContainerState::Running
@@ -63,8 +78,73 @@ pub struct Observation {
     pub container: Option<ContainerInfo>,
     /// Image ID of the configured tag on the host; empty when the host does not have it.
     pub local_image: String,
-    /// Something listens on the in-container sshd port (containers share the host network).
-    pub sshd_up: bool,
+    /// Who listens on the sshd port in the container's network (the host's when no container
+    /// runs).
+    pub sshd: Sshd,
+}
+
+impl Observation {
+    /// The container's own sshd listens (or, without `ss` on the host, something does).
+    pub fn sshd_up(&self) -> bool {
+        matches!(self.sshd, Sshd::Ours | Sshd::Unverified)
+    }
+}
+
+/// The sshd port as the probe saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Sshd {
+    #[default]
+    Down,
+    /// The listener lives in this container.
+    Ours,
+    /// Another process holds the port: another container's sshd on a shared (host) network,
+    /// or a host daemon. `container` is its short container ID, empty when not in one.
+    Other {
+        pid: u32,
+        comm: String,
+        container: String,
+    },
+    /// Something listens but the host has no `ss` to say who (older behaviour: trusted).
+    Unverified,
+}
+
+impl Sshd {
+    pub fn parse(v: &str) -> Sshd {
+        match v {
+            "ours" | "up" => Sshd::Ours,
+            "unverified" => Sshd::Unverified,
+            other => match other.strip_prefix("other:") {
+                Some(rest) => {
+                    let mut f = rest.splitn(3, ':');
+                    Sshd::Other {
+                        pid: f.next().and_then(|p| p.parse().ok()).unwrap_or(0),
+                        comm: f.next().unwrap_or("").to_owned(),
+                        container: f.next().unwrap_or("").to_owned(),
+                    }
+                }
+                None => Sshd::Down,
+            },
+        }
+    }
+
+    /// Who holds the port, for messages: `pid 42 (sshd) in container 1a2b3c4d5e6f`.
+    pub fn holder(&self) -> Option<String> {
+        match self {
+            Sshd::Other {
+                pid,
+                comm,
+                container,
+            } => {
+                let comm = if comm.is_empty() { "?" } else { comm };
+                Some(if container.is_empty() {
+                    format!("pid {pid} ({comm}) on the host")
+                } else {
+                    format!("pid {pid} ({comm}) in container {container}")
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 fn label(v: &str) -> String {
@@ -85,7 +165,8 @@ pub fn parse_probe(stdout: &str) -> Result<Observation, String> {
     let mut docker = None;
     let mut container: Option<Option<ContainerInfo>> = None;
     let mut local_image = None;
-    let mut sshd_up = None;
+    let mut sshd = None;
+    let mut record: Option<Option<String>> = None;
     for line in stdout.lines() {
         let Some((key, value)) = line.split_once('=') else {
             continue;
@@ -113,7 +194,7 @@ pub fn parse_probe(stdout: &str) -> Result<Observation, String> {
             }
             "container" => {
                 let f: Vec<&str> = value.split('|').collect();
-                if f.len() != 9 {
+                if f.len() != 10 {
                     return Err(format!("unexpected container probe output: {value:?}"));
                 }
                 container = Some(Some(ContainerInfo {
@@ -126,10 +207,30 @@ pub fn parse_probe(stdout: &str) -> Result<Observation, String> {
                     lifetime: label(f[5]),
                     run_id: label(f[6]),
                     owner: label(f[7]),
+                    state_file: label(f[8]),
+                    pid: f[9].trim().parse().unwrap_or(0),
+                    provisioned_by: None,
                 }));
             }
+            "record" if value == "absent" => record = Some(None),
+            "record" if value.starts_with("error:") => {
+                // Unreadable is not "never finished": deciding on it could replace a finished
+                // container, so the host cannot be acted on.
+                return Err(format!(
+                    "cannot read the container's provisioning record: {}",
+                    &value[6..]
+                ));
+            }
+            "record" => {
+                let mut words = value.split_whitespace();
+                record = Some(match (words.next(), words.next()) {
+                    (Some(RECORD_PROVISIONED), Some(run)) => Some(run.to_owned()),
+                    (Some(RECORD_PROVISIONED), None) => Some(String::new()),
+                    _ => None,
+                });
+            }
             "image" => local_image = Some(value.trim().to_owned()),
-            "sshd" => sshd_up = Some(value == "up"),
+            "sshd" => sshd = Some(Sshd::parse(value)),
             _ => {}
         }
     }
@@ -139,13 +240,19 @@ pub fn parse_probe(stdout: &str) -> Result<Observation, String> {
         Some(other) => return Err(format!("docker is not usable on the host: {other}")),
         None => return Err("the probe did not reach docker".into()),
     }
+    let mut container = container.ok_or("the probe did not report the container")?;
+    if let Some(c) = container.as_mut()
+        && !c.state_file.is_empty()
+    {
+        c.provisioned_by = record.ok_or("the probe did not report the provisioning record")?;
+    }
     Ok(Observation {
         privilege,
         home,
         devices,
-        container: container.ok_or("the probe did not report the container")?,
+        container,
         local_image: local_image.ok_or("the probe did not report the image")?,
-        sshd_up: sshd_up.unwrap_or(false),
+        sshd: sshd.unwrap_or_default(),
     })
 }
 
@@ -153,7 +260,7 @@ pub fn parse_probe(stdout: &str) -> Result<Observation, String> {
 mod tests {
     use super::*;
 
-    const RUNNING: &str = "priv=root\nhome=/root\ndev=/dev/kfd\ndocker=up\ncontainer=running|abc|2026-01-01T00:00:00Z|sha256:aa|h1|persistent|r1|alice|\nimage=sha256:aa\nsshd=up\n";
+    const RUNNING: &str = "priv=root\nhome=/root\ndev=/dev/kfd\ndocker=up\ncontainer=running|abc|2026-01-01T00:00:00Z|sha256:aa|h1|persistent|r1|alice|/var/lib/cvs-core/state|4242\nrecord=provisioned r1 \nimage=sha256:aa\nsshd=ours\n";
 
     #[test]
     fn parses_a_running_container() {
@@ -161,7 +268,7 @@ mod tests {
         assert_eq!(o.privilege, Privilege::Root);
         assert_eq!(o.home, "/root");
         assert_eq!(o.devices, ["/dev/kfd"]);
-        let c = o.container.unwrap();
+        let c = o.container.clone().unwrap();
         assert_eq!(c.state(), ContainerState::Running);
         assert_eq!(
             (c.id.as_str(), c.image_id.as_str(), c.config_hash.as_str()),
@@ -172,7 +279,42 @@ mod tests {
             ("persistent", "r1")
         );
         assert_eq!(o.local_image, "sha256:aa");
-        assert!(o.sshd_up);
+        assert!(o.sshd_up());
+        assert_eq!(c.pid, 4242);
+        assert_eq!(c.provisioned_by.as_deref(), Some("r1"));
+        assert!(!c.unfinished());
+    }
+
+    #[test]
+    fn records_and_sshd_holders() {
+        let base = "priv=root\ndocker=up\ncontainer=running|id|t|img|h|persistent|r2|bob|/var/lib/cvs-core/state|7\nimage=img\n";
+        let absent = parse_probe(&format!("{base}record=absent\nsshd=down\n")).unwrap();
+        assert!(absent.container.unwrap().unfinished());
+        let err = parse_probe(&format!("{base}record=error:cannot read\n")).unwrap_err();
+        assert!(err.contains("provisioning record"), "{err}");
+        let missing = parse_probe(&format!("{base}sshd=down\n")).unwrap_err();
+        assert!(
+            missing.contains("did not report the provisioning record"),
+            "{missing}"
+        );
+        let other = parse_probe(&format!(
+            "{base}record=provisioned r2\nsshd=other:99:sshd:0123456789ab\n"
+        ))
+        .unwrap();
+        assert!(!other.sshd_up());
+        assert_eq!(
+            other.sshd.holder().unwrap(),
+            "pid 99 (sshd) in container 0123456789ab"
+        );
+        assert_eq!(
+            Sshd::parse("other:5:nginx:").holder().unwrap(),
+            "pid 5 (nginx) on the host"
+        );
+        assert_eq!(Sshd::parse("unverified"), Sshd::Unverified);
+        // A container without the state-file label (CVS's, or by hand) is never "unfinished".
+        let legacy = "priv=root\ndocker=up\ncontainer=running|id|t|img|<no value>|<no value>|<no value>|<no value>|<no value>|7\nimage=img\nsshd=down\n";
+        let c = parse_probe(legacy).unwrap().container.unwrap();
+        assert!(!c.unfinished() && c.state_file.is_empty());
     }
 
     #[test]
@@ -182,8 +324,8 @@ mod tests {
         assert_eq!(o.privilege.prefix(), "sudo -n");
         assert_eq!(o.container, None);
         assert_eq!(o.local_image, "");
-        assert!(!o.sshd_up);
-        let stopped = "priv=root\ndocker=up\ncontainer=exited|id|t|img|<no value>|<no value>|<no value>|<no value>|\nimage=img\nsshd=down\n";
+        assert!(!o.sshd_up());
+        let stopped = "priv=root\ndocker=up\ncontainer=exited|id|t|img|<no value>|<no value>|<no value>|<no value>|<no value>|0\nimage=img\nsshd=down\n";
         let c = parse_probe(stopped).unwrap().container.unwrap();
         assert_eq!(c.state(), ContainerState::Stopped);
         assert_eq!(c.config_hash, "");

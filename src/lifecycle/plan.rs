@@ -2,7 +2,7 @@
 //! shows (stopped containers, local image agreement before a launch, configuration drift),
 //! expressed as one action per host with its reason. Pure: observations in, plan out.
 
-use super::observe::{ContainerState, Observation};
+use super::observe::{ContainerInfo, ContainerState, Observation};
 use super::{DecisionKind, ImageState, ProbeState, SetupInput, decide_setup};
 use crate::config::Lifetime;
 use crate::config::pyrepr::{list_repr, str_repr};
@@ -47,6 +47,9 @@ pub struct HostPlan {
     pub host: String,
     pub action: HostAction,
     pub reason: String,
+    /// Attach only: the container's provisioning completed (another container of its run holds
+    /// the record) but its own record write was interrupted; setup writes it.
+    pub restore_record: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +99,7 @@ fn plan_all(
                     host: h.clone(),
                     action,
                     reason,
+                    restore_record: false,
                 }
             })
             .collect(),
@@ -167,10 +171,15 @@ pub fn plan_setup(desired: &Desired<'_>, hosts: &[(String, Result<Observation, S
 
     match desired.lifetime {
         Lifetime::NoLaunch => {
+            let unfinished = |o: &Observation| o.container.as_ref().is_some_and(|c| c.unfinished());
             let not_running: Vec<String> = obs
                 .iter()
-                .filter(|(_, o)| state(o) != Some(ContainerState::Running))
+                .filter(|(_, o)| state(o) != Some(ContainerState::Running) || unfinished(o))
                 .map(|(h, o)| match &o.container {
+                    Some(c) if c.unfinished() => format!(
+                        "{h} (container {}, but its provisioning never completed)",
+                        c.status
+                    ),
                     Some(c) => format!("{h} (container {}, not running)", c.status),
                     None => format!("{h} (container not running, found: '')"),
                 })
@@ -190,10 +199,14 @@ pub fn plan_setup(desired: &Desired<'_>, hosts: &[(String, Result<Observation, S
                         "Container '{name}' not running on hosts: {}",
                         list_repr(&not_running)
                     ),
-                    |_, o| match o.map(state) {
-                        Some(Some(ContainerState::Running)) => {
+                    |_, o| match o.map(|o| (state(o), unfinished(o))) {
+                        Some((Some(ContainerState::Running), false)) => {
                             (HostAction::Verify, "running".into())
                         }
+                        Some((_, true)) => (
+                            HostAction::Refuse,
+                            "unfinished: its provisioning never completed".into(),
+                        ),
                         _ => (
                             HostAction::Refuse,
                             "not running (no_launch never starts it)".into(),
@@ -216,6 +229,14 @@ pub fn plan_setup(desired: &Desired<'_>, hosts: &[(String, Result<Observation, S
                     obs.len()
                 ),
                 |_, o| match o.and_then(|o| o.container.as_ref()) {
+                    Some(c) if c.unfinished() => (
+                        HostAction::Recreate,
+                        format!(
+                            "replace the existing container ({}; unfinished: its provisioning \
+                             never completed)",
+                            c.status
+                        ),
+                    ),
                     Some(c) => (
                         HostAction::Recreate,
                         format!("replace the existing container ({})", c.status),
@@ -224,8 +245,92 @@ pub fn plan_setup(desired: &Desired<'_>, hosts: &[(String, Result<Observation, S
                 },
             )
         }
-        Lifetime::Persistent => plan_persistent(desired, hosts, &obs),
+        Lifetime::Persistent => plan_persistent_recorded(desired, hosts),
     }
+}
+
+/// Persistent setup with provisioning records taken into account. A container this cvs-core
+/// launched whose provisioning never completed ("unfinished") holds no overlay worth keeping:
+/// for the decision it counts as absent, so a set of unfinished (or missing) containers is
+/// cold-started again, while a finished container next to it still makes the set partial
+/// (refused: nothing is removed). An unfinished container of a run that recorded completion on
+/// another host did finish: the record is written only after the setup script succeeded on
+/// every host, so only its own record write was interrupted; it is attached and its record
+/// restored.
+fn plan_persistent_recorded(
+    desired: &Desired<'_>,
+    hosts: &[(String, Result<Observation, String>)],
+) -> Plan {
+    let finished_runs: Vec<&str> = hosts
+        .iter()
+        .filter_map(|(_, o)| o.as_ref().ok()?.container.as_ref())
+        .filter(|c| c.provisioned_by.is_some() && !c.run_id.is_empty())
+        .map(|c| c.run_id.as_str())
+        .collect();
+    let completed = |c: &ContainerInfo| finished_runs.contains(&c.run_id.as_str());
+    let unfinished = |o: &Observation| -> Option<String> {
+        let c = o.container.as_ref()?;
+        (c.unfinished() && !completed(c)).then(|| {
+            let run = if c.run_id.is_empty() {
+                "?"
+            } else {
+                c.run_id.as_str()
+            };
+            format!(
+                "unfinished container of run {run} ({}; its provisioning never completed)",
+                c.status
+            )
+        })
+    };
+    let effective: Vec<(String, Result<Observation, String>)> = hosts
+        .iter()
+        .map(|(h, o)| {
+            let o = o.clone().map(|mut o| {
+                if unfinished(&o).is_some() {
+                    o.container = None;
+                }
+                o
+            });
+            (h.clone(), o)
+        })
+        .collect();
+    let obs: Vec<(&str, &Observation)> = effective
+        .iter()
+        .filter_map(|(h, o)| o.as_ref().ok().map(|o| (h.as_str(), o)))
+        .collect();
+    let mut plan = plan_persistent(desired, &effective, &obs);
+    let mut replaced = Vec::new();
+    for (hp, (_, o)) in plan.hosts.iter_mut().zip(hosts) {
+        let Ok(o) = o else { continue };
+        if let Some(what) = unfinished(o) {
+            match hp.action {
+                HostAction::Launch => {
+                    hp.action = HostAction::Recreate;
+                    hp.reason = format!("{what}: replaced");
+                    replaced.push(hp.host.clone());
+                }
+                HostAction::Refuse => hp.reason = format!("{what}; nothing is removed"),
+                _ => {}
+            }
+        } else if let Some(c) = o.container.as_ref()
+            && c.unfinished()
+            && matches!(hp.action, HostAction::Attach | HostAction::Start)
+        {
+            hp.restore_record = true;
+            hp.reason = format!(
+                "{}; provisioned by run {} (completed on every host; its record is restored)",
+                hp.reason, c.run_id
+            );
+        }
+    }
+    if !replaced.is_empty() {
+        plan.message = format!(
+            "{} (replacing unfinished containers on {}: their provisioning never completed)",
+            plan.message,
+            list_repr(&replaced)
+        );
+    }
+    plan
 }
 
 fn plan_persistent(
@@ -350,6 +455,21 @@ fn plan_persistent(
                     _ => (HostAction::Attach, "running".into()),
                 }
             });
+            let started: Vec<&str> = plan
+                .hosts
+                .iter()
+                .filter(|p| p.action == HostAction::Start)
+                .map(|p| p.host.as_str())
+                .collect();
+            if !started.is_empty() {
+                // Not "running on all": some were stopped and are started (overlay kept).
+                plan.message = format!(
+                    "Attaching to persistent container '{name}' present on all {} hosts; \
+                     starting it on {} (stopped; overlay kept)",
+                    plan.hosts.len(),
+                    list_repr(&started)
+                );
+            }
             plan.warnings = decision.warnings;
             for (h, o) in obs {
                 if o.container
@@ -399,8 +519,20 @@ mod tests {
                 ..ContainerInfo::default()
             }),
             local_image: local.into(),
-            sshd_up: false,
+            sshd: Default::default(),
         })
+    }
+
+    /// A container launched by a recording cvs-core: `record` is the run ID in its
+    /// provisioning record (`None`: no record).
+    fn recorded(status: &str, run: &str, record: Option<&str>) -> Result<Observation, String> {
+        let mut o = host(Some((status, "A", "H")), "A")?;
+        if let Some(c) = o.container.as_mut() {
+            c.state_file = "/var/lib/cvs-core/state".into();
+            c.run_id = run.into();
+            c.provisioned_by = record.map(str::to_owned);
+        }
+        Ok(o)
     }
 
     fn desired(lifetime: Lifetime) -> Desired<'static> {
@@ -488,6 +620,98 @@ mod tests {
             assert_eq!(p.kind, kind, "case {i}: {}", p.message);
             assert_eq!(actions(&p), want, "case {i}");
         }
+    }
+
+    #[test]
+    fn unfinished_containers_are_replaced_never_attached() {
+        use DecisionKind as K;
+        use HostAction as A;
+        let d = desired(Lifetime::Persistent);
+        // Killed after launch / during provisioning: no host has a record -> cold start again.
+        let p = plan_setup(
+            &d,
+            &hosts(vec![
+                recorded("running", "r1", None),
+                recorded("exited", "r1", None),
+                host(None, "A"),
+            ]),
+        );
+        assert_eq!(p.kind, K::Launch, "{}", p.message);
+        assert_eq!(actions(&p), [A::Recreate, A::Recreate, A::Launch]);
+        assert!(
+            p.hosts[0].reason.contains("never completed"),
+            "{}",
+            p.hosts[0].reason
+        );
+        assert!(p.message.contains("['h1', 'h2']"), "{}", p.message);
+        // A finished container next to an unfinished one of another run: partial, nothing
+        // is removed.
+        let p = plan_setup(
+            &d,
+            &hosts(vec![
+                recorded("running", "r1", Some("r1")),
+                recorded("running", "r2", None),
+            ]),
+        );
+        assert_eq!(p.kind, K::RefusePartial, "{}", p.message);
+        assert_eq!(actions(&p), [A::Refuse, A::Refuse]);
+        assert!(p.hosts[1].reason.contains("unfinished container of run r2"));
+        // Killed during the record round: the run completed everywhere, attach and restore.
+        let p = plan_setup(
+            &d,
+            &hosts(vec![
+                recorded("running", "r1", Some("r1")),
+                recorded("running", "r1", None),
+            ]),
+        );
+        assert_eq!(p.kind, K::Attach, "{}", p.message);
+        assert_eq!(actions(&p), [A::Attach, A::Attach]);
+        assert!(!p.hosts[0].restore_record && p.hosts[1].restore_record);
+        // Finished everywhere: attach, nothing to restore.
+        let p = plan_setup(
+            &d,
+            &hosts(vec![
+                recorded("running", "r1", Some("r1")),
+                recorded("running", "r1", Some("r1")),
+            ]),
+        );
+        assert_eq!(actions(&p), [A::Attach, A::Attach]);
+        assert!(p.hosts.iter().all(|h| !h.restore_record));
+        // no_launch never verifies an unfinished container; per_run says why it is replaced.
+        let p = plan_setup(
+            &desired(Lifetime::NoLaunch),
+            &hosts(vec![recorded("running", "r1", None)]),
+        );
+        assert_eq!(p.kind, K::VerifyFailed);
+        assert!(
+            p.message.contains("provisioning never completed"),
+            "{}",
+            p.message
+        );
+        let p = plan_setup(
+            &desired(Lifetime::PerRun),
+            &hosts(vec![recorded("running", "r1", None)]),
+        );
+        assert_eq!(actions(&p), [A::Recreate]);
+        assert!(p.hosts[0].reason.contains("unfinished"));
+    }
+
+    #[test]
+    fn restarting_stopped_containers_is_not_called_running() {
+        let p = plan_setup(
+            &desired(Lifetime::Persistent),
+            &hosts(vec![
+                host(Some(("exited", "A", "H")), "A"),
+                host(Some(("exited", "A", "H")), "A"),
+            ]),
+        );
+        assert_eq!(p.kind, DecisionKind::Attach);
+        assert!(!p.message.contains("running on all"), "{}", p.message);
+        assert!(
+            p.message.contains("starting it on ['h1', 'h2']"),
+            "{}",
+            p.message
+        );
     }
 
     #[test]
@@ -699,7 +923,7 @@ mod hash_tests {
             devices: devices.iter().map(|d| (*d).to_owned()).collect(),
             container: None,
             local_image: String::new(),
-            sshd_up: false,
+            sshd: Default::default(),
         }
     }
 

@@ -9,9 +9,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::config::PyClusterConfig;
 use super::errors::{IntoPyResult, guard};
-use super::ssh::{PyCluster, PyResults, invalid, to_duration, wait};
-use crate::ssh::lifecycle::{Driver, HostReport, LifecycleOptions, Op, Report};
-use crate::ssh::{Input, JobSpec};
+use super::ssh::{PyCluster, PyResults, invalid, to_duration, wait, wait_to_end};
+use crate::ssh::lifecycle::{Ctx, Driver, HostReport, LifecycleOptions, Op, Report};
 
 /// One host's part of a lifecycle operation.
 #[pyclass(frozen, module = "cvs_core", name = "HostReport")]
@@ -67,6 +66,16 @@ impl PyHostReport {
     fn sshd_up(&self) -> bool {
         self.inner.sshd_up
     }
+    /// Launched by cvs-core but its provisioning never completed (the next setup replaces it).
+    #[getter]
+    fn unfinished(&self) -> bool {
+        self.inner.unfinished
+    }
+    /// Who holds the sshd port when it is not this container's sshd ("" otherwise).
+    #[getter]
+    fn sshd_holder(&self) -> &str {
+        &self.inner.sshd_holder
+    }
     #[getter]
     fn output(&self) -> &str {
         &self.inner.output
@@ -95,6 +104,8 @@ fn host_dict<'py>(py: Python<'py>, h: &HostReport) -> PyResult<Bound<'py, PyDict
     d.set_item("config_hash", &h.config_hash)?;
     d.set_item("running", h.running)?;
     d.set_item("sshd_up", h.sshd_up)?;
+    d.set_item("unfinished", h.unfinished)?;
+    d.set_item("sshd_holder", &h.sshd_holder)?;
     d.set_item("output", &h.output)?;
     Ok(d)
 }
@@ -184,6 +195,10 @@ pub struct PyContainerLifecycle {
     cluster: Py<PyCluster>,
 }
 
+/// How long an interrupted lifecycle step may take to stop its remote work and remove what it
+/// created (kills and removals are each bounded) before the interrupt is raised anyway.
+const CLEANUP_GRACE: Duration = Duration::from_secs(150);
+
 fn default_run_id() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -208,11 +223,31 @@ impl PyContainerLifecycle {
         progress: Option<&Bound<'_, PyAny>>,
         op: Op,
     ) -> PyResult<PyLifecycleReport> {
-        let (cancel_tx, _cancel_rx) = watch::channel(false);
+        let (cancel_tx, cancel_rx) = watch::channel(false);
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let driver = self.driver.clone();
-        let fut = async move { driver.run_op(op, &Some(ev_tx)).await };
-        let report = wait(py, fut, cancel_tx, ev_rx, progress)?;
+        let fut = async move {
+            let cx = Ctx {
+                events: Some(ev_tx),
+                cancel: cancel_rx,
+            };
+            driver.run_op(op, &cx).await
+        };
+        let (report, interrupted) = wait_to_end(py, fut, cancel_tx, ev_rx, progress, CLEANUP_GRACE);
+        if let Some(err) = interrupted {
+            // The step stopped its remote work and removed what it created before this
+            // returns; the exception carries that report (`exc.report`).
+            if let Some(report) = report {
+                let logger = py
+                    .import("logging")?
+                    .call_method1("getLogger", ("cvs_core",))?;
+                logger.call_method1("warning", (format!("{}: {}", report.op, report.message),))?;
+                let value = err.value(py);
+                value.setattr("report", PyLifecycleReport { inner: report })?;
+            }
+            return Err(err);
+        }
+        let report = report.ok_or_else(|| invalid(py, "internal error: no report"))?;
         let logger = py
             .import("logging")?
             .call_method1("getLogger", ("cvs_core",))?;
@@ -231,7 +266,7 @@ impl PyContainerLifecycle {
     #[pyo3(signature = (config, *, cluster = None, ssh_config = None, known_hosts = None,
         host_key_policy = "strict", connect_timeout = 10.0, pull = None, start_timeout = 900.0,
         sshd_port = 2224, recreate = false, run_id = None, owner = None, inline_provision = false,
-        lock = true))]
+        lock = true, keepalive = 30.0, provision_timeout = 1800.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -249,6 +284,8 @@ impl PyContainerLifecycle {
         owner: Option<String>,
         inline_provision: bool,
         lock: bool,
+        keepalive: f64,
+        provision_timeout: f64,
     ) -> PyResult<Self> {
         guard(py, || {
             let spec = config
@@ -266,6 +303,7 @@ impl PyContainerLifecycle {
                     kw.set_item("known_hosts", known_hosts)?;
                     kw.set_item("host_key_policy", host_key_policy)?;
                     kw.set_item("connect_timeout", connect_timeout)?;
+                    kw.set_item("keepalive", keepalive)?;
                     let cls = py.get_type::<PyCluster>();
                     let obj = cls.call_method("from_config", (&config,), Some(&kw))?;
                     obj.cast_into::<PyCluster>()?.unbind()
@@ -279,6 +317,8 @@ impl PyContainerLifecycle {
                 pull,
                 start_timeout: to_duration(py, "start_timeout", Some(start_timeout))?
                     .unwrap_or(Duration::from_secs(900)),
+                provision_timeout: to_duration(py, "provision_timeout", Some(provision_timeout))?
+                    .unwrap_or(Duration::from_secs(1800)),
                 sshd_port,
                 recreate,
                 run_id: run_id.unwrap_or_else(default_run_id),
@@ -300,6 +340,12 @@ impl PyContainerLifecycle {
     #[getter]
     fn config_hash(&self) -> &str {
         self.driver.config_hash()
+    }
+
+    /// `cvs.run-id` of the containers this object creates (cleanup removes only those).
+    #[getter]
+    fn run_id(&self) -> &str {
+        self.driver.run_id()
     }
 
     /// The `Cluster` the driver runs on (share it for host-level commands).
@@ -382,15 +428,12 @@ impl PyContainerLifecycle {
             let (ev_tx, ev_rx) = mpsc::unbounded_channel();
             let started = std::time::Instant::now();
             let fut = async move {
-                let ev = Some(ev_tx);
-                let cmds = driver.exec_jobs(&hosts, &cmd, &ev).await?;
-                let mut jobs = Vec::with_capacity(cmds.len());
-                for (h, c) in cmds {
-                    let mut j = JobSpec::new(c, Input::None)?;
-                    j.timeout = timeout;
-                    jobs.push((h, j));
-                }
-                Ok::<_, crate::error::Error>(cluster.run_many(jobs, ev, cancel_rx).await)
+                let cx = Ctx {
+                    events: Some(ev_tx),
+                    cancel: cancel_rx,
+                };
+                let jobs = driver.exec_jobs(&hosts, &cmd, timeout, &cx).await?;
+                Ok::<_, crate::error::Error>(cluster.run_many(jobs, cx.events, cx.cancel).await)
             };
             let results = wait(py, fut, cancel_tx, ev_rx, progress)?.py_err(py)?;
             let n = results.len();

@@ -32,20 +32,58 @@ pub(crate) fn invalid(py: Python<'_>, msg: impl Into<String>) -> PyErr {
 
 /// Drive `fut` to completion on the runtime with the GIL released, delivering events and
 /// honouring Ctrl-C. On a Python exception (signal, callback error) the call is cancelled and
-/// the exception raised without waiting for the remote kills.
+/// the exception raised once the future has finished (it kills the remote commands and waits
+/// for the kills), so when `KeyboardInterrupt` reaches the caller the remote work is stopped.
 pub(crate) fn wait<T: Send + 'static>(
+    py: Python<'_>,
+    fut: impl Future<Output = T> + Send + 'static,
+    cancel: watch::Sender<bool>,
+    events: mpsc::UnboundedReceiver<Event>,
+    progress: Option<&Bound<'_, PyAny>>,
+) -> PyResult<T> {
+    match wait_to_end(py, fut, cancel, events, progress, CANCEL_GRACE) {
+        (Some(v), None) => Ok(v),
+        (_, Some(e)) => Err(e),
+        (None, None) => Err(invalid(
+            py,
+            "internal error: the call ended without a result",
+        )),
+    }
+}
+
+/// How long a cancelled call may take to stop its remote commands (kills are bounded by
+/// `KILL_GRACE` + 5 s each, and run in parallel) before the exception is raised anyway.
+pub(crate) const CANCEL_GRACE: Duration = Duration::from_secs(15);
+
+/// [`wait`], returning both what the future produced (when it finished) and the exception that
+/// cancelled it (if any): a cancelled lifecycle step still reports what its cleanup did. After
+/// a first exception, the future gets `grace` to finish; a second Ctrl-C stops waiting.
+pub(crate) fn wait_to_end<T: Send + 'static>(
     py: Python<'_>,
     fut: impl Future<Output = T> + Send + 'static,
     cancel: watch::Sender<bool>,
     mut events: mpsc::UnboundedReceiver<Event>,
     progress: Option<&Bound<'_, PyAny>>,
-) -> PyResult<T> {
+    grace: Duration,
+) -> (Option<T>, Option<PyErr>) {
     let rt = runtime();
     let mut handle = rt.spawn(fut);
-    let logger = py.import("logging")?.call_method1("getLogger", (LOGGER,))?;
+    let logger = match py
+        .import("logging")
+        .and_then(|l| l.call_method1("getLogger", (LOGGER,)))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = cancel.send(true);
+            return (None, Some(e));
+        }
+    };
     let debug = logger
-        .call_method1("isEnabledFor", (10,))?
-        .extract::<bool>()?;
+        .call_method1("isEnabledFor", (10,))
+        .and_then(|v| v.extract::<bool>())
+        .unwrap_or(false);
+    let mut raised: Option<PyErr> = None;
+    let mut deadline: Option<Instant> = None;
     loop {
         let (done, batch) = py.detach(|| {
             rt.block_on(async {
@@ -64,14 +102,31 @@ pub(crate) fn wait<T: Send + 'static>(
                 (done, batch)
             })
         });
-        let delivered = deliver(&batch, progress, &logger, debug);
-        let interrupted = delivered.and_then(|()| py.check_signals());
-        if let Err(e) = interrupted {
-            let _ = cancel.send(true);
-            return Err(e);
+        // After a callback error the callback is not called again.
+        let cb = if raised.is_none() { progress } else { None };
+        let delivered = deliver(&batch, cb, &logger, debug);
+        if let Err(e) = delivered.and_then(|()| py.check_signals()) {
+            match raised {
+                // A second interrupt while the remote work is being stopped: stop waiting.
+                Some(first) => return (None, Some(first)),
+                None => {
+                    let _ = cancel.send(true);
+                    deadline = Some(Instant::now() + grace);
+                    raised = Some(e);
+                }
+            }
         }
         if let Some(joined) = done {
-            return joined.map_err(|e| invalid(py, format!("internal error: {e}")));
+            return match joined {
+                Ok(v) => (Some(v), raised),
+                Err(e) => (
+                    None,
+                    Some(raised.unwrap_or_else(|| invalid(py, format!("internal error: {e}")))),
+                ),
+            };
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return (None, raised);
         }
     }
 }
@@ -476,7 +531,7 @@ impl PyCluster {
     #[new]
     #[pyo3(signature = (hosts, user = None, key = None, *, port = None, ssh_config = None,
         known_hosts = None, host_key_policy = "strict", jump_host = None, connect_timeout = 10.0,
-        max_parallel = None, password = None, idle_timeout = 600.0))]
+        max_parallel = None, password = None, idle_timeout = 600.0, keepalive = 30.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -492,6 +547,7 @@ impl PyCluster {
         max_parallel: Option<usize>,
         password: Option<String>,
         idle_timeout: f64,
+        keepalive: f64,
     ) -> PyResult<Self> {
         guard(py, || {
             if password.is_some() {
@@ -519,6 +575,10 @@ impl PyCluster {
                     .unwrap_or(Duration::from_secs(10)),
                 idle_timeout: to_duration(py, "idle_timeout", Some(idle_timeout))?
                     .unwrap_or(Duration::from_secs(600)),
+                // A lost host (partition, power loss) is noticed after ~3 keepalives instead of
+                // hanging a command until its own timeout.
+                keepalive: to_duration(py, "keepalive", Some(keepalive))?
+                    .unwrap_or(Duration::from_secs(30)),
                 ..ConnectOptions::default()
             };
             if max_parallel == Some(0) {

@@ -25,42 +25,78 @@ pub fn job_command(token: &str, cmd: &str) -> Result<String> {
     Ok(format!("export {JOB_VAR}={token}; {cmd}"))
 }
 
-/// A POSIX sh script (for the login shell of the user) that ends every process of a job: it finds
-/// the processes carrying the marker, takes their SSH sessions (sshd gives each channel its own
-/// session, so a session is exactly one command's process tree), sends TERM to every process of
-/// those sessions, and KILL to what is left after `grace_ms`. Uses only /proc, grep and kill.
+/// The line [`kill_job_script`] ends with: `cvs-kill found=<n> survivors=<m>`.
+pub const KILL_REPORT: &str = "cvs-kill";
+
+/// A POSIX sh script that ends every process of a job and says whether it did.
+///
+/// It finds the processes carrying the marker (with the marker passed into `docker exec`, the
+/// processes inside a container carry it too: they are visible in the host's /proc), and the
+/// sessions of those processes whose leader is either marked or a child of sshd: an SSH
+/// channel's session is exactly one command's process tree (it also holds what dropped the
+/// marker, such as `sudo`), and `docker exec` gives each exec its own session. Any other session
+/// (one a container runtime might share between execs and its shim) is never signalled as a
+/// whole. Everything found gets TERM, then KILL after `grace_ms`; the last line reports how many
+/// processes were found and how many survived, so the caller can say "killed" only when that
+/// is proven. Run it with the privilege that can see and signal container processes (root).
+/// Uses only /proc, grep and kill.
 pub fn kill_job_script(token: &str, grace_ms: u64) -> Result<String> {
     check_token(token)?;
     let steps = grace_ms.div_ceil(100).max(1);
     Ok(format!(
-        r#"sids=''
-for f in $(grep -lzxF {JOB_VAR}={token} /proc/[0-9]*/environ 2>/dev/null); do
-  read -r st < "${{f%/environ}}/stat" 2>/dev/null || continue
-  st=${{st##*) }}; set -- $st; sids="$sids $4"
+        r#"marks() {{ grep -lzxF {JOB_VAR}={token} /proc/[0-9]*/environ 2>/dev/null | sed 's@^/proc/@@; s@/environ$@@' | tr '\n' ' '; }}
+marked=$(marks)
+field() {{ st=; read -r st 2>/dev/null < "/proc/$1/stat" || return 1; st=${{st##*) }}; set -- $st; echo "$4 $2 $1"; }}
+sids=''
+for p in $marked; do
+  f=$(field "$p") || continue; set -- $f; s=$1
+  case " $marked " in *" $s "*) sids="$sids $s"; continue;; esac
+  f=$(field "$s") || continue; set -- $f
+  c=$(cat "/proc/$2/comm" 2>/dev/null)
+  case "$c" in sshd|sshd-session) sids="$sids $s";; esac
 done
-[ -n "$sids" ] || exit 0
-signal_sessions() {{
-  sig=$1; found=1
+victims() {{
+  v="$marked $(marks)"
   for d in /proc/[0-9]*; do
-    read -r st < "$d/stat" 2>/dev/null || continue
-    st=${{st##*) }}; set -- $st
-    for s in $sids; do
-      if [ "$4" = "$s" ]; then kill -"$sig" "${{d#/proc/}}" 2>/dev/null; found=0; fi
-    done
+    f=$(field "${{d#/proc/}}") || continue; set -- $f
+    for s in $sids; do [ "$1" = "$s" ] && v="$v ${{d#/proc/}}"; done
   done
-  return $found
+  # A zombie is dead (its parent, maybe a container's `sleep` init, may never reap it).
+  for p in $(echo $v | tr ' ' '\n' | sort -un); do
+    [ "$p" = "$$" ] && continue
+    f=$(field "$p") || continue; set -- $f
+    case "$3" in Z|X) ;; *) echo "$p";; esac
+  done
 }}
-signal_sessions TERM || exit 0
-i=0
-while [ $i -lt {steps} ]; do
-  sleep 0.1
-  signal_sessions 0 || exit 0
-  i=$((i + 1))
-done
-signal_sessions KILL
-exit 0
+found=$(victims); n=$(echo $found | wc -w)
+if [ -n "$found" ]; then
+  kill -TERM $found 2>/dev/null
+  i=0
+  while [ $i -lt {steps} ]; do
+    sleep 0.1; left=$(victims); [ -z "$left" ] && break; i=$((i + 1))
+  done
+  left=$(victims); [ -n "$left" ] && kill -KILL $left 2>/dev/null && sleep 0.1
+fi
+left=$(victims)
+echo "{KILL_REPORT} found=$n survivors=$(echo $left | wc -w)"
 "#
     ))
+}
+
+/// What [`kill_job_script`] printed: `Some((found, survivors))`, `None` when its report line is
+/// missing (it did not run to the end: no kill can be claimed).
+pub fn parse_kill_report(out: &str) -> Option<(u32, u32)> {
+    let line = out.lines().rev().find(|l| l.starts_with(KILL_REPORT))?;
+    let mut found = None;
+    let mut survivors = None;
+    for word in line.split_whitespace() {
+        if let Some(v) = word.strip_prefix("found=") {
+            found = v.parse().ok();
+        } else if let Some(v) = word.strip_prefix("survivors=") {
+            survivors = v.parse().ok();
+        }
+    }
+    Some((found?, survivors?))
 }
 
 /// Write stdin to `path` on the host (the upload path: any size, no command-line payload).
@@ -102,7 +138,22 @@ mod tests {
         let s = kill_job_script("t1", 1000).unwrap();
         assert!(s.contains("grep -lzxF CVS_CORE_JOB=t1 /proc/[0-9]*/environ"));
         assert!(s.contains("while [ $i -lt 10 ]"));
+        assert!(s.contains("sshd|sshd-session"));
         assert!(kill_job_script("t;rm", 10).is_err());
+    }
+
+    #[test]
+    fn kill_reports_parse_or_claim_nothing() {
+        assert_eq!(
+            parse_kill_report("noise\ncvs-kill found=3 survivors=0\n"),
+            Some((3, 0))
+        );
+        assert_eq!(
+            parse_kill_report("cvs-kill found=2 survivors=1"),
+            Some((2, 1))
+        );
+        assert_eq!(parse_kill_report(""), None);
+        assert_eq!(parse_kill_report("cvs-kill found=x survivors=0"), None);
     }
 
     #[test]

@@ -102,6 +102,74 @@ pub struct Cluster {
 
 static DIR_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// Remove the control directories (`cvs-core-<pid>-<n>`) that processes killed with SIGKILL left
+/// in `base`: only directories owned by this user whose PID no longer runs. A PID that was
+/// reused keeps its directory (harmless; swept once that process ends too).
+fn sweep_stale_control_dirs(base: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("cvs-core-")) else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split_once('-')
+            .and_then(|(p, n)| n.parse::<u64>().ok().and(p.parse::<i32>().ok()))
+        else {
+            continue;
+        };
+        let Ok(meta) = entry.path().symlink_metadata() else {
+            continue;
+        };
+        if !meta.is_dir() || meta.uid() != uid || pid <= 0 {
+            continue;
+        }
+        // SAFETY: signal 0 only checks whether the PID exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            stop_masters_of(&entry.path());
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// SIGTERM the ssh masters (daemons) a killed process left behind on the control sockets of
+/// `dir`: processes of this user whose command line names a socket in it. They would otherwise
+/// hold their connections until their idle timeout.
+fn stop_masters_of(dir: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let prefix = dir.join("h");
+    let prefix = prefix.as_os_str().as_encoded_bytes();
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if p.metadata().map(|m| m.uid() != uid).unwrap_or(true) {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        if cmd.split(|b| *b == 0).any(|arg| arg.starts_with(prefix)) {
+            // SAFETY: kill(2) on a PID whose command line names our own control socket.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+}
+
 fn make_control_dir() -> Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     // Short: a control socket path must fit in sun_path (108 bytes).
@@ -109,6 +177,8 @@ fn make_control_dir() -> Result<PathBuf> {
         .map(PathBuf::from)
         .filter(|p| p.is_dir() && p.as_os_str().len() < 40)
         .unwrap_or_else(|| PathBuf::from("/tmp"));
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| sweep_stale_control_dirs(&base));
     let dir = base.join(format!(
         "cvs-core-{}-{}",
         std::process::id(),
@@ -421,86 +491,116 @@ impl Cluster {
     }
 
     /// Start `cmd` on `host` and keep it running until the returned holder is dropped: used to
-    /// hold a remote lock for the duration of a multi-step operation. Waits until the command
-    /// prints `ready` on a line (or fails with its output); returns what it printed before.
+    /// hold a remote lock for the duration of a multi-step operation. `stages` are the lines the
+    /// command prints on its way to ready, each with how long it may take (a wait for a lock
+    /// is then told apart from a probe that hangs); returns what it printed before the last.
+    /// On a timeout, a failure or `cancel`, the remote command is killed (with `kill_prefix`)
+    /// before this returns.
     pub async fn hold(
         &self,
         host: &str,
         cmd: &str,
-        ready: &str,
-        wait: Duration,
-    ) -> std::result::Result<(Holder, String), HostResult> {
+        stages: &[(&str, Duration)],
+        kill_prefix: &str,
+        mut cancel: watch::Receiver<bool>,
+    ) -> std::result::Result<(Holder, String), HoldFailure> {
         let started = Instant::now();
-        let slot = self.slots.get(host).cloned().ok_or_else(|| {
-            HostResult::failed(host, Status::Error, "unknown host", Duration::ZERO)
-        })?;
-        let m = self.master_for(host, &slot, &None).await?;
-        let mut command = openssh::Session::to_raw_command(m.session.clone(), cmd);
+        let fail = |stage: usize, status: Status, why: String| HoldFailure {
+            result: HostResult::failed(host, status, why, started.elapsed()),
+            stage,
+        };
+        let slot = self
+            .slots
+            .get(host)
+            .cloned()
+            .ok_or_else(|| fail(0, Status::Error, "unknown host".into()))?;
+        let m = self
+            .master_for(host, &slot, &None)
+            .await
+            .map_err(|result| HoldFailure { result, stage: 0 })?;
+        let token = job::new_token();
+        let marked = crate::render::remote::job_command(&token, cmd)
+            .map_err(|e| fail(0, Status::Error, e.to_string()))?;
+        let mut command = openssh::Session::to_raw_command(m.session.clone(), marked);
         command
             .stdin(openssh::Stdio::piped())
             .stdout(openssh::Stdio::piped())
             .stderr(openssh::Stdio::piped());
-        let mut child = command.spawn().await.map_err(|e| {
-            HostResult::failed(
-                host,
-                Status::Error,
-                format!("cannot start: {e}"),
-                started.elapsed(),
-            )
-        })?;
+        let mut child = command
+            .spawn()
+            .await
+            .map_err(|e| fail(0, Status::Error, format!("cannot start: {e}")))?;
         let stdin = child.stdin().take();
         let mut stdout = child.stdout().take();
         let mut stderr = child.stderr().take();
-        let read = async {
-            use tokio::io::AsyncReadExt;
-            let mut seen = Vec::new();
-            let mut buf = [0u8; 256];
-            if let Some(out) = stdout.as_mut() {
-                loop {
-                    let n = out.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return Err(seen);
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    let lines: Vec<&[u8]> = seen.split(|b| *b == b'\n').collect();
-                    if let Some(end) = lines.iter().position(|l| *l == ready.as_bytes()) {
-                        return Ok(String::from_utf8_lossy(&lines[..end].join(&b'\n')).into_owned());
-                    }
+        let mut seen: Vec<u8> = Vec::new();
+        let mut failure = None;
+        'stages: for (stage, (marker, limit)) in stages.iter().enumerate() {
+            let deadline = tokio::time::Instant::now() + *limit;
+            loop {
+                let lines: Vec<&[u8]> = seen.split(|b| *b == b'\n').collect();
+                if lines[..lines.len() - 1].contains(&marker.as_bytes()) {
+                    break;
                 }
-            }
-            Err(seen)
-        };
-        match tokio::time::timeout(wait, read).await {
-            Ok(Ok(text)) => Ok((
-                Holder {
-                    _stdin: stdin,
-                    _child: child,
-                },
-                text,
-            )),
-            outcome => {
-                let mut err = Vec::new();
-                if let Some(e) = stderr.as_mut() {
-                    use tokio::io::AsyncReadExt;
-                    let _ =
-                        tokio::time::timeout(Duration::from_millis(200), e.read_to_end(&mut err))
-                            .await;
-                }
-                let why = match outcome {
-                    Err(_) => format!("not ready after {}s", wait.as_secs()),
-                    _ => format!(
-                        "ended before ready: {}",
-                        String::from_utf8_lossy(&err).trim()
-                    ),
+                let Some(out) = stdout.as_mut() else {
+                    failure = Some((stage, Status::Error, "no output channel".to_owned()));
+                    break 'stages;
                 };
-                Err(HostResult::failed(
-                    host,
-                    Status::Error,
-                    why,
-                    started.elapsed(),
-                ))
+                let mut buf = [0u8; 4096];
+                use tokio::io::AsyncReadExt;
+                tokio::select! {
+                    n = out.read(&mut buf) => match n.unwrap_or(0) {
+                        0 => {
+                            failure = Some((stage, Status::Error, "ended before ready".to_owned()));
+                            break 'stages;
+                        }
+                        n => seen.extend_from_slice(&buf[..n]),
+                    },
+                    _ = tokio::time::sleep_until(deadline) => {
+                        failure = Some((stage, Status::Timeout, format!(
+                            "no '{marker}' within {}s", limit.as_secs()
+                        )));
+                        break 'stages;
+                    }
+                    _ = cancel.wait_for(|c| *c) => {
+                        failure = Some((stage, Status::Cancelled, "cancelled".to_owned()));
+                        break 'stages;
+                    }
+                }
             }
         }
+        if let Some((stage, status, why)) = failure {
+            let mut err = Vec::new();
+            if let Some(e) = stderr.as_mut() {
+                use tokio::io::AsyncReadExt;
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(200), e.read_to_end(&mut err)).await;
+            }
+            let err = String::from_utf8_lossy(&err).trim().to_owned();
+            let why = if err.is_empty() {
+                why
+            } else {
+                format!("{why}: {err}")
+            };
+            drop(stdin);
+            drop(child);
+            let killed = job::kill_remote(m.session.clone(), token, kill_prefix).await;
+            return Err(fail(stage, status, format!("{why}; {killed}")));
+        }
+        let last = stages.last().map_or("", |(m, _)| *m);
+        let lines: Vec<&[u8]> = seen.split(|b| *b == b'\n').collect();
+        let end = lines
+            .iter()
+            .position(|l| *l == last.as_bytes())
+            .unwrap_or(0);
+        let text = String::from_utf8_lossy(&lines[..end].join(&b'\n')).into_owned();
+        Ok((
+            Holder {
+                _stdin: stdin,
+                _child: child,
+            },
+            text,
+        ))
     }
 
     /// PIDs of the live masters (for resource accounting and tests).
@@ -532,6 +632,14 @@ impl Cluster {
         while closing.join_next().await.is_some() {}
         let _ = std::fs::remove_dir_all(&self.control_dir);
     }
+}
+
+/// Why [`Cluster::hold`] gave up: the host's result, and the index of the stage it was waiting
+/// for.
+#[derive(Debug)]
+pub struct HoldFailure {
+    pub result: HostResult,
+    pub stage: usize,
 }
 
 /// A remote command kept running (see [`Cluster::hold`]); dropping it closes the command's stdin

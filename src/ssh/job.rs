@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::result::{HostResult, Status};
-use crate::render::remote::{job_command, kill_job_script};
+use crate::render::remote::{job_command, kill_job_script, parse_kill_report};
 
 /// What the remote command reads on stdin.
 #[derive(Debug, Clone)]
@@ -39,6 +39,10 @@ pub struct JobSpec {
     pub stdout_to: OutputTo,
     pub timeout: Option<Duration>,
     pub inactivity_timeout: Option<Duration>,
+    /// Privilege prefix (`sudo -n`, or empty) the kill script runs under when the job is
+    /// abandoned: processes of a job that runs in a container belong to root, and only a
+    /// privileged kill can see and signal them.
+    pub kill_prefix: String,
 }
 
 /// sshd runs a command as one `-c` argument of the login shell, and Linux refuses any single
@@ -77,6 +81,7 @@ impl JobSpec {
             stdout_to: OutputTo::Memory,
             timeout: None,
             inactivity_timeout: None,
+            kill_prefix: String::new(),
         })
     }
 }
@@ -170,21 +175,46 @@ fn take(buf: &Arc<Mutex<Vec<u8>>>) -> Vec<u8> {
     std::mem::take(&mut *buf.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
-/// End every remote process of the job `token` (TERM, then KILL after the grace).
-pub async fn kill_remote(session: Arc<Session>, token: String) {
-    let Ok(script) = kill_job_script(&token, KILL_GRACE.as_millis() as u64) else {
-        return;
+/// End every remote process of the job `token` (TERM, then KILL after the grace) and say what
+/// is known of it afterwards: a kill is claimed only when the script reported no survivor.
+pub async fn kill_remote(session: Arc<Session>, token: String, prefix: &str) -> String {
+    let script = match kill_job_script(&token, KILL_GRACE.as_millis() as u64) {
+        Ok(s) => s,
+        Err(e) => return format!("kill not confirmed: {e}"),
+    };
+    let script = if prefix.trim().is_empty() {
+        Ok(script)
+    } else {
+        crate::render::privilege_words(prefix).and_then(|mut argv| {
+            argv.extend(["sh".to_owned(), "-c".to_owned(), script]);
+            crate::render::join(&argv)
+        })
+    };
+    let script = match script {
+        Ok(s) => s,
+        Err(e) => return format!("kill not confirmed: {e}"),
     };
     let mut cmd = Session::to_raw_command(session, script);
     cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let run = async {
-        if let Ok(child) = cmd.spawn().await {
-            let _ = child.wait().await;
-        }
+        let child = cmd.spawn().await.map_err(|e| e.to_string())?;
+        let out = child.wait_with_output().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(String::from_utf8_lossy(&out.stdout).into_owned())
     };
-    let _ = tokio::time::timeout(KILL_GRACE + Duration::from_secs(5), run).await;
+    match tokio::time::timeout(KILL_GRACE + Duration::from_secs(5), run).await {
+        Err(_) => "kill not confirmed: the host did not answer the kill in time".into(),
+        Ok(Err(e)) => format!("kill not confirmed: {e}"),
+        Ok(Ok(out)) => match parse_kill_report(&out) {
+            None => "kill not confirmed: the kill script did not finish".into(),
+            Some((0, _)) => "no remote process was left running".into(),
+            Some((_, 0)) => "remote processes killed".into(),
+            Some((n, left)) => {
+                format!("kill not confirmed: {left} of {n} remote processes survived")
+            }
+        },
+    }
 }
 
 enum Stop {
@@ -335,18 +365,10 @@ pub async fn run(
                 ),
                 Stop::Cancelled => (Status::Cancelled, "cancelled".to_owned()),
             };
-            if matches!(status, Status::Cancelled) {
-                // The caller is leaving now (Ctrl-C): kill in the background.
-                tokio::spawn(kill_remote(session, token));
-            } else {
-                kill_remote(session, token).await;
-            }
-            let mut r = HostResult::failed(
-                host,
-                status,
-                format!("{what}; remote processes killed"),
-                elapsed,
-            );
+            // Awaited even on Ctrl-C: the caller returns once the remote work is stopped (or
+            // is known not to be), never while it still runs unobserved.
+            let killed = kill_remote(session, token, &spec.kill_prefix).await;
+            let mut r = HostResult::failed(host, status, format!("{what}; {killed}"), elapsed);
             r.stdout = take(&out);
             r.stderr = take(&err);
             return Outcome::Ran(r);

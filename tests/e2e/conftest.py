@@ -70,3 +70,14 @@ def docker_cluster(tmp_path_factory: pytest.TempPathFactory):
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def config_name(tmp_path: Path, docker_cluster):
+    """Removes, at the end of the test, the containers named in ``tmp_path / "name"`` (the
+    name the lifecycle tests' configurations use) on every node."""
+    yield
+    name_file = tmp_path / "name"
+    if name_file.exists():
+        for i in range(len(docker_cluster.hosts)):
+            docker_cluster.docker(i, "rm", "-f", name_file.read_text(), check=False)

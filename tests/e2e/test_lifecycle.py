@@ -95,19 +95,6 @@ def banner(host: str, port: int = 2224) -> bytes:
         return s.recv(8)
 
 
-def cleanup(dc, name: str) -> None:
-    for i in range(len(dc.hosts)):
-        dc.docker(i, "rm", "-f", name, check=False)
-
-
-@pytest.fixture
-def config_name(tmp_path: Path, docker_cluster):
-    yield
-    name_file = tmp_path / "name"
-    if name_file.exists():
-        cleanup(docker_cluster, name_file.read_text())
-
-
 def test_per_run_up_exec_down(docker_cluster, tmp_path, config_name) -> None:
     dc = docker_cluster
     cfg = make_config(dc, tmp_path, "per_run")
@@ -423,7 +410,9 @@ def test_down_orphans_removes_crashed_per_run_containers_only(
         d = tmp_path / f"crashed{k}"
         d.mkdir()
         cfg = make_config(dc, d, "per_run")
-        assert cli(dc, cfg, "up", "--pull", "never").returncode == 0  # and never `down`
+        # Each run's sshd needs its own port: all of them share the nodes' network (host).
+        up = cli(dc, cfg, "up", "--pull", "never", "--sshd-port", str(2231 + k))
+        assert up.returncode == 0, up.stdout + up.stderr  # and never `down`
         crashed.append((d / "name").read_text())
     for i in range(len(dc.hosts)):
         for name in crashed:
@@ -498,3 +487,24 @@ def test_running_image_skew_is_refused_and_nothing_removed(docker_cluster, persi
     finally:
         dc.docker(2, "rm", "-f", name, check=False)
         dc.reset_images(2)
+
+
+def test_stopped_persistent_container_is_started_not_called_running(
+    docker_cluster, persistent
+) -> None:
+    dc = docker_cluster
+    cfg, name = persistent
+    ids = [inspect(dc, i, name)["Id"] for i in range(len(dc.hosts))]
+    for i in range(len(dc.hosts)):
+        dc.docker(i, "stop", "-t", "1", name)
+    up = cli(dc, cfg, "up", "--pull", "never")
+    assert up.returncode == 0, up.stdout + up.stderr
+    setup, sshd = report(up)
+    assert setup["kind"] == "attach"
+    assert "running on all" not in setup["message"], setup["message"]
+    assert "starting it on" in setup["message"]
+    assert [h["action"] for h in setup["hosts"]] == ["start"] * len(dc.hosts)
+    # The report names each container by its ID (not by the name `docker start` prints).
+    assert [h["container_id"] for h in setup["hosts"]] == ids
+    assert sshd["ok"]
+    assert_intact(dc, name)
