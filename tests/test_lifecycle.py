@@ -173,3 +173,33 @@ def test_probe_parsers_feed_decide_setup() -> None:
     images = cvs_core.parse_image_probe({"h1": {"output": f"{SHA_A}|{SHA_B}\n", "exit_code": 0}})
     assert images == {"h1": {"container_sha": SHA_A, "image_sha": SHA_B}}
     assert cvs_core.parse_image_probe({"h1": "|"}) == {"h1": {"container_sha": "", "image_sha": ""}}
+
+
+def test_inline_script_too_large_is_refused_before_any_host(tmp_path, capsys) -> None:
+    """Found when the lifecycle is built (exit 2 from the CLI), not after containers were
+    launched on every host. The host is TEST-NET-1: nothing may try to reach it."""
+    import json
+
+    from cvs_core import cli
+
+    key = tmp_path / "id_test"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n")
+    key.chmod(0o600)
+    script = tmp_path / "big.sh"
+    script.write_bytes(b"#" * 16385)
+    doc = {
+        "node_dict": {"192.0.2.1": {}},
+        "username": "root",
+        "priv_key_file": str(key),
+        "container": {"image": "img:1", "name": "c1", "lifetime": "persistent",
+                      "setup_script": str(script)},
+    }  # fmt: skip
+    cfg = cvs_core.load_config(doc)
+    with pytest.raises(cvs_core.ScriptTooLargeError) as err:
+        cvs_core.ContainerLifecycle(cfg, inline_provision=True)
+    assert err.value.size == 16385 and err.value.limit == 16384
+    cvs_core.ContainerLifecycle(cfg)  # over stdin there is no cap
+    path = tmp_path / "cluster.json"
+    path.write_text(json.dumps(doc))
+    assert cli.main(["up", "--cluster-file", str(path), "--inline-provision", "-q"]) == 2
+    assert "16384" in capsys.readouterr().err

@@ -562,7 +562,7 @@ impl Cluster {
                         )));
                         break 'stages;
                     }
-                    _ = cancel.wait_for(|c| *c) => {
+                    _ = cancelled(&mut cancel) => {
                         failure = Some((stage, Status::Cancelled, "cancelled".to_owned()));
                         break 'stages;
                     }
@@ -631,6 +631,13 @@ impl Cluster {
         }
         while closing.join_next().await.is_some() {}
         let _ = std::fs::remove_dir_all(&self.control_dir);
+    }
+}
+
+/// Resolves when `cancel` turns true; never when its sender is gone (nobody can cancel then).
+async fn cancelled(cancel: &mut watch::Receiver<bool>) {
+    if cancel.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
