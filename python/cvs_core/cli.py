@@ -111,7 +111,9 @@ def _load(args: argparse.Namespace) -> cvs_core.ClusterConfig:
     cluster_file = getattr(args, "cluster_file", None) or args.cluster_file_opt
     if not cluster_file:
         raise cvs_core.ConfigError("a cluster file is required (--cluster-file FILE)")
-    return cvs_core.load_config(cluster_file, args.config_file)
+    return cvs_core.load_config(
+        cluster_file, args.config_file, require_key_file=getattr(args, "require_key_file", True)
+    )
 
 
 def _print_config_error(args: argparse.Namespace, exc: cvs_core.ConfigError) -> int:
@@ -318,10 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
         "validate",
         help="resolve and check a cluster file (and testsuite file); print the result",
         description="Resolve placeholders, merge the testsuite file, check every field and "
-        "print the resolved configuration, or every error with its path (exit 2).",
+        "the files it names, and print the resolved configuration, or every error with its "
+        "path (exit 2). A priv_key_file that does not exist on this machine is only a warning "
+        "here (a file may be checked away from the control host); plan, up, down, status and "
+        "exec refuse it before connecting. A key file that exists must be a private key only "
+        "its owner can read (chmod 600).",
     )
     _add_common(v, positional_cluster=True)
-    v.set_defaults(func=_cmd_validate)
+    v.set_defaults(func=_cmd_validate, require_key_file=False)
 
     p = sub.add_parser("plan", help="show what `up` would do on each host and why (dry run)")
     _add_common(p)
