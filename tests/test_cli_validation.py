@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_key
+from cvs_core import cli
 
 # TEST-NET-1 (RFC 5737): never a real host. A connection attempt would take the whole
 # --connect-timeout, so a quick exit 2 shows nothing was tried.
@@ -93,3 +94,22 @@ def test_missing_key_warns_in_validate_and_refuses_elsewhere(
     res, _ = run("validate", write_json("open.json", cluster))
     assert res.returncode == 2
     assert "chmod 600" in res.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "-0.5", "nan", "NaN", "inf", "-inf", "abc", ""])
+@pytest.mark.parametrize("option", ["--timeout", "--connect-timeout"])
+def test_timeouts_must_be_finite_and_positive(capsys, option: str, value: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["exec", "--cluster-file", "c.json", f"{option}={value}", "true"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: " in err
+    assert "seconds" in err
+
+
+def test_timeouts_accept_positive_numbers() -> None:
+    args = cli.build_parser().parse_args(
+        ["exec", "--cluster-file", "c.json", "--timeout", "0.5", "--connect-timeout", "3", "x"]
+    )
+    assert (args.timeout, args.connect_timeout) == (0.5, 3.0)
+    assert cli.build_parser().parse_args(["plan", "--cluster-file", "c"]).connect_timeout == 10.0

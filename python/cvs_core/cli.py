@@ -293,6 +293,19 @@ def _add_common(p: argparse.ArgumentParser, positional_cluster: bool = False) ->
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds greater than zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):  # also refuses nan, which compares false to everything
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number of seconds greater than 0, got {text!r}"
+        )
+    return value
+
+
 def _add_ssh(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ssh-config", metavar="FILE", help="OpenSSH client config (ssh -F)")
     p.add_argument("--known-hosts", metavar="FILE", help="known_hosts file to check host keys")
@@ -302,7 +315,7 @@ def _add_ssh(p: argparse.ArgumentParser) -> None:
         default="strict",
         help="host key checking (default: strict)",
     )
-    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S")
+    p.add_argument("--connect-timeout", type=_seconds, default=10.0, metavar="S")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
 
@@ -373,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("command", help="the command (one shell string)")
     e.add_argument("--on-host", action="store_true", help="run on the hosts, not in containers")
     e.add_argument("--hosts", nargs="+", metavar="HOST", help="only these hosts")
-    e.add_argument("--timeout", type=float, metavar="S", help="kill the command after S seconds")
+    e.add_argument("--timeout", type=_seconds, metavar="S", help="kill the command after S seconds")
     e.set_defaults(func=_cmd_exec)
     return parser
 
