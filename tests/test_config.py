@@ -441,3 +441,25 @@ def test_a_bad_lifetime_does_not_hide_the_other_errors(cluster: dict) -> None:
     with pytest.raises(cvs_core.ConfigError) as info:
         cvs_core.load_config(cluster)
     assert [p for p, _ in info.value.issues][:2] == ["container.enabled", "container.lifetime"]
+
+
+def test_nesting_past_the_json_limit_is_a_config_error_not_a_crash() -> None:
+    deep: object = "x"
+    for _ in range(20_000):
+        deep = {"a": deep}
+    with pytest.raises(cvs_core.ConfigError, match="nested 128 levels deep"):
+        cvs_core.load_config(deep)
+    loop: dict = {}
+    loop["container"] = loop
+    with pytest.raises(cvs_core.ConfigError, match="contains itself") as info:
+        cvs_core.resolve_cluster_placeholders(loop)
+    assert info.value.path.startswith("container.container.")
+    ok: object = "x"
+    for _ in range(126):  # 127 levels with the outer dict: what a JSON file may have too
+        ok = [ok]
+    assert cvs_core.resolve_cluster_placeholders({"a": ok}) == {"a": ok}
+
+
+def test_a_key_that_is_not_utf8_is_named_as_such() -> None:
+    with pytest.raises(cvs_core.ConfigError, match="is not valid UTF-8"):
+        cvs_core.load_config({"\ud800": 1})

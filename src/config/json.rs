@@ -11,6 +11,11 @@ use serde_json::{Map, Number, Value};
 use super::pyrepr::str_repr;
 use crate::error::{Error, Issue, Result};
 
+/// Nesting of arrays and objects at which a configuration is refused (127 levels pass):
+/// serde_json's recursion limit on JSON text, applied to Python values too so a dict and a
+/// file obey one rule.
+pub const MAX_NESTING_DEPTH: usize = 128;
+
 /// A parsed document and the issues of its text (keys given twice), to be reported with the
 /// other configuration errors.
 #[derive(Debug, Clone, PartialEq)]
@@ -247,10 +252,9 @@ mod tests {
             "{err}"
         );
         assert!(parse_json_document("{} x", "c").is_err(), "trailing text");
-        let deep = "[".repeat(10_000);
-        assert!(
-            parse_json_document(&deep, "c").is_err(),
-            "nesting is bounded"
-        );
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(parse_json_document(&nested(MAX_NESTING_DEPTH - 1), "c").is_ok());
+        let err = parse_json_document(&nested(MAX_NESTING_DEPTH), "c").unwrap_err();
+        assert!(err.to_string().contains("recursion limit"), "{err}");
     }
 }

@@ -22,7 +22,7 @@ pub use files::{
     FILE_HEAD_BYTES, FileInfo, FileKind, MissingKey, check_key_file, check_setup_script,
     is_private_key_header,
 };
-pub use json::{ParsedDocument, parse_json_document};
+pub use json::{MAX_NESTING_DEPTH, ParsedDocument, parse_json_document};
 pub use placeholders::{
     CHANGEME_MARKER, USER_ID_PLACEHOLDER, placeholder_user, resolve_cluster_placeholders,
     resolve_cluster_placeholders_checked, strip_comment_keys,
