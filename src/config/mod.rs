@@ -127,8 +127,8 @@ fn host_identity(host: &str) -> String {
 fn hosts_of(node_dict: &Value, errors: &mut Vec<Issue>) -> Vec<String> {
     let errors_before = errors.len();
     let mut hosts: Vec<String> = Vec::new();
-    // (identity, where the host was first listed)
-    let mut seen: Vec<(String, String)> = Vec::new();
+    // identity -> where the host was first listed (clusters have thousands of hosts)
+    let mut seen: std::collections::HashMap<String, String> = Default::default();
     let mut add = |path: String, host: &str, errors: &mut Vec<Issue>| {
         if !host_ok(host) {
             errors.push(Issue::at(
@@ -140,9 +140,7 @@ fn hosts_of(node_dict: &Value, errors: &mut Vec<Issue>) -> Vec<String> {
             ));
             return;
         }
-        let identity = host_identity(host);
-        if let Some((_, first)) = seen.iter().find(|(id, _)| *id == identity) {
-            let first = first.clone();
+        if let Some(first) = seen.get(&host_identity(host)) {
             errors.push(Issue::at(
                 path,
                 format!(
@@ -151,7 +149,7 @@ fn hosts_of(node_dict: &Value, errors: &mut Vec<Issue>) -> Vec<String> {
                 ),
             ));
         } else {
-            seen.push((identity, path));
+            seen.insert(host_identity(host), path);
             hosts.push(host.to_owned());
         }
     };
@@ -211,7 +209,8 @@ fn required_string(doc: &Map<String, Value>, key: &str, errors: &mut Vec<Issue>)
 
 /// `OrchestratorConfig.from_configs` done right: strip comments, resolve placeholders on the
 /// cluster part only, shallow-merge the testsuite part (it wins), then validate everything and
-/// report all issues at once. `default_setup_script` is the packaged script's absolute path.
+/// report all issues at once. `default_setup_script` is the packaged script's absolute path;
+/// `options` says what a missing key file is and carries the issues of the files' text.
 pub fn load_config(
     cluster: &Value,
     testsuite: Option<&Value>,

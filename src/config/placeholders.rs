@@ -112,16 +112,16 @@ fn resolve_at(value: &Value, path: &str, user: &str, collisions: &mut Vec<Issue>
         Value::Object(map) => {
             let mut out = Map::with_capacity(map.len());
             // resolved key -> the key as written, to name both sides of a collision
-            let mut written: Vec<(String, &str)> = Vec::new();
+            let mut written: std::collections::HashMap<String, &str> = Default::default();
             for (key, item) in map {
                 let child = child_path(path, key);
                 check_changeme(&child, key)?;
                 let resolved = key.replace(USER_ID_PLACEHOLDER, user);
                 let item = resolve_at(item, &child, user, collisions)?;
-                if let Some((_, first)) = written.iter().find(|(k, _)| *k == resolved) {
+                if let Some(first) = written.get(&resolved) {
                     collisions.push(collision_issue(path, first, key, &resolved));
                 } else {
-                    written.push((resolved.clone(), key));
+                    written.insert(resolved.clone(), key);
                 }
                 out.insert(resolved, item);
             }
