@@ -143,11 +143,20 @@ pub fn check_key_file(
                 ));
             }
             if let Some(e) = &info.error {
-                errors.push(Issue::at(PATH, format!("{what} cannot be read: {e}")));
+                errors.push(Issue::at(
+                    PATH,
+                    format!(
+                        "{what} cannot be read ({e}); it must be readable by the user running \
+                         cvs-core"
+                    ),
+                ));
             } else if info.size == 0 {
                 errors.push(Issue::at(
                     PATH,
-                    format!("{what} is empty; it must hold a private key"),
+                    format!(
+                        "{what} is empty; name the private key file (e.g. ~/.ssh/id_ed25519) or \
+                         create one with ssh-keygen"
+                    ),
                 ));
             } else if !is_private_key_header(&info.head) {
                 let public = first_line(&info.head).is_some_and(|l| {
@@ -159,7 +168,7 @@ pub fn check_key_file(
                     "it looks like a public key; name the private key (the file without .pub)"
                 } else {
                     "its first line is not a '-----BEGIN ... PRIVATE KEY-----' header \
-                     (OpenSSH, PEM or PKCS#8)"
+                     (OpenSSH, PEM or PKCS#8); name the private key file (e.g. ~/.ssh/id_ed25519)"
                 };
                 errors.push(Issue::at(
                     PATH,
@@ -336,7 +345,7 @@ mod tests {
             (
                 Some(unreadable),
                 MissingKey::Error,
-                "cannot be read: Permission denied",
+                "cannot be read (Permission denied)",
                 "",
             ),
         ];
