@@ -21,12 +21,30 @@ def user(monkeypatch: pytest.MonkeyPatch) -> str:
     return "cvsuser"
 
 
+#: The shape of an OpenSSH private key: load_config reads the header, never the key itself.
+FAKE_PRIVATE_KEY = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----\n"
+    "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n"
+    "-----END OPENSSH PRIVATE KEY-----\n"
+)
+
+
+def write_key(path: Path, mode: int = 0o600, text: str = FAKE_PRIVATE_KEY) -> Path:
+    """A private-key file as ssh-keygen leaves it (owner-only unless ``mode`` says else)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
 @pytest.fixture
-def cluster(user: str) -> dict:
+def cluster(user: str, tmp_path: Path) -> dict:
+    # The key path keeps CVS's {user-id} placeholder: it is checked after substitution.
+    write_key(tmp_path / user / ".ssh" / "id_rsa")
     return {
         "_comment": "a comment that mentions <changeme> is dropped before the guard",
         "username": "{user-id}",
-        "priv_key_file": "/home/{user-id}/.ssh/id_rsa",
+        "priv_key_file": f"{tmp_path}/{{user-id}}/.ssh/id_rsa",
         "node_dict": {"10.0.0.1": {"bmc_ip": "NA"}, "10.0.0.2": {"bmc_ip": "NA"}},
         "orchestrator": "container",
         "container": {"image": "rocm/cvs:latest", "lifetime": "persistent"},

@@ -124,7 +124,9 @@ def _load(args: argparse.Namespace) -> cvs_core.ClusterConfig:
     cluster_file = getattr(args, "cluster_file", None) or args.cluster_file_opt
     if not cluster_file:
         raise cvs_core.ConfigError("a cluster file is required (--cluster-file FILE)")
-    return cvs_core.load_config(cluster_file, args.config_file)
+    return cvs_core.load_config(
+        cluster_file, args.config_file, require_key_file=getattr(args, "require_key_file", True)
+    )
 
 
 def _print_config_error(args: argparse.Namespace, exc: cvs_core.ConfigError) -> int:
@@ -326,6 +328,30 @@ def _add_common(p: argparse.ArgumentParser, positional_cluster: bool = False) ->
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds greater than zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):  # also refuses nan, which compares false to everything
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number of seconds greater than 0, got {text!r}"
+        )
+    return value
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP port, 1-65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535, got {text!r}")
+    return value
+
+
 def _add_ssh(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ssh-config", metavar="FILE", help="OpenSSH client config (ssh -F)")
     p.add_argument("--known-hosts", metavar="FILE", help="known_hosts file to check host keys")
@@ -335,17 +361,17 @@ def _add_ssh(p: argparse.ArgumentParser) -> None:
         default="strict",
         help="host key checking (default: strict)",
     )
-    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S")
+    p.add_argument("--connect-timeout", type=_seconds, default=10.0, metavar="S")
     p.add_argument(
         "--keepalive",
-        type=float,
+        type=_seconds,
         default=30.0,
         metavar="S",
         help="SSH keepalive interval: a lost host is given up after about three (default 30)",
     )
     p.add_argument(
         "--sshd-port",
-        type=int,
+        type=_port,
         default=2224,
         metavar="PORT",
         help="port of the in-container sshd (default 2224, as CVS); with --network host every "
@@ -369,10 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
         "validate",
         help="resolve and check a cluster file (and testsuite file); print the result",
         description="Resolve placeholders, merge the testsuite file, check every field and "
-        "print the resolved configuration, or every error with its path (exit 2).",
+        "the files it names, and print the resolved configuration, or every error with its "
+        "path (exit 2). A priv_key_file that does not exist on this machine is only a warning "
+        "here (a file may be checked away from the control host); plan, up, down, status and "
+        "exec refuse it before connecting. A key file that exists must be a private key only "
+        "its owner can read (chmod 600).",
     )
     _add_common(v, positional_cluster=True)
-    v.set_defaults(func=_cmd_validate)
+    v.set_defaults(func=_cmd_validate, require_key_file=False)
 
     p = sub.add_parser("plan", help="show what `up` would do on each host and why (dry run)")
     _add_common(p)
@@ -418,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("command", help="the command (one shell string)")
     e.add_argument("--on-host", action="store_true", help="run on the hosts, not in containers")
     e.add_argument("--hosts", nargs="+", metavar="HOST", help="only these hosts")
-    e.add_argument("--timeout", type=float, metavar="S", help="kill the command after S seconds")
+    e.add_argument("--timeout", type=_seconds, metavar="S", help="kill the command after S seconds")
     e.set_defaults(func=_cmd_exec)
     return parser
 

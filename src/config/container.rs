@@ -72,27 +72,43 @@ pub fn is_truthy(v: &Value) -> bool {
 /// when `lifetime` is set), an invalid value is an error, a missing one becomes `per_run`.
 /// Returns the lifetime the block resolves to; the caller stores it when the key was absent.
 pub fn resolve_lifetime(container: &Map<String, Value>) -> Result<Lifetime> {
+    let (lifetime, mut issues) = lifetime_issues(container);
+    if issues.is_empty() {
+        Ok(lifetime)
+    } else {
+        Err(Error::config(issues.swap_remove(0)))
+    }
+}
+
+/// Every lifetime problem of a block, in CVS's order and words (CVS stops at the first), and
+/// the lifetime to go on checking with (`per_run` when there is none).
+pub(crate) fn lifetime_issues(container: &Map<String, Value>) -> (Lifetime, Vec<Issue>) {
+    let mut issues = Vec::new();
     if container.contains_key("enabled") {
-        return Err(Error::config(Issue::verbatim(
+        issues.push(Issue::verbatim(
             "container.enabled",
             "container.enabled is removed; delete the field and set container.lifetime to one \
              of 'no_launch', 'per_run', 'persistent'",
-        )));
+        ));
     }
     if container.contains_key("launch") {
-        return Err(Error::config(Issue::verbatim(
+        issues.push(Issue::verbatim(
             "container.launch",
             "container.launch is removed; delete the field and set container.lifetime \
              ('launch: true' -> 'per_run', 'launch: false' -> 'no_launch')",
-        )));
+        ));
     }
-    match container.get("lifetime") {
-        None => Ok(Lifetime::PerRun),
+    let lifetime = match container.get("lifetime") {
+        None => Lifetime::PerRun,
         Some(Value::String(s)) if VALID_CONTAINER_LIFETIMES.contains(&s.as_str()) => {
-            Lifetime::parse(s)
+            Lifetime::parse(s).unwrap_or(Lifetime::PerRun)
         }
-        Some(other) => Err(Error::config(lifetime_issue(other))),
-    }
+        Some(other) => {
+            issues.push(lifetime_issue(other));
+            Lifetime::PerRun
+        }
+    };
+    (lifetime, issues)
 }
 
 /// CVS's `_resolve_container_setup_script`: a truthy path is made absolute
@@ -140,8 +156,18 @@ pub fn resolve_setup_script(
     }
 }
 
-/// Docker's container-name grammar, `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
+/// Longest container name accepted. Docker sets no limit, but cvs-core derives file names
+/// from the name (the per-host lock `/tmp/cvs-core-<name>.lock`), and a file name is at most
+/// 255 bytes (NAME_MAX); 128 leaves room for every prefix and suffix, and for a user's own
+/// `<name>.log`-style files, with any name a person would type.
+pub const MAX_CONTAINER_NAME_LEN: usize = 128;
+
+/// Docker's container-name grammar, `[a-zA-Z0-9][a-zA-Z0-9_.-]+`, at most
+/// [`MAX_CONTAINER_NAME_LEN`] characters.
 pub fn is_valid_container_name(name: &str) -> bool {
+    if name.len() > MAX_CONTAINER_NAME_LEN {
+        return false;
+    }
     let mut chars = name.chars();
     let Some(first) = chars.next() else {
         return false;
@@ -154,16 +180,53 @@ pub fn is_valid_container_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
-/// Validate a container name against Docker's grammar, before anything is rendered with it.
-pub fn validate_container_name(name: &str) -> Result<()> {
-    if is_valid_container_name(name) {
-        Ok(())
+/// `repr` of a name, cut short: a name past the limit could be megabytes.
+fn shown_name(name: &str) -> String {
+    if name.chars().count() > 40 {
+        format!(
+            "{}...",
+            str_repr(&name.chars().take(40).collect::<String>())
+        )
     } else {
-        Err(Error::InvalidArgument(format!(
-            "invalid container name {}: must match [a-zA-Z0-9][a-zA-Z0-9_.-]+",
-            str_repr(name)
-        )))
+        str_repr(name)
     }
+}
+
+fn name_too_long(name: &str) -> Option<String> {
+    (name.len() > MAX_CONTAINER_NAME_LEN).then(|| {
+        format!(
+            "is {} characters long; the limit is {MAX_CONTAINER_NAME_LEN} (cvs-core names files \
+             after it, such as /tmp/cvs-core-<name>.lock)",
+            name.chars().count()
+        )
+    })
+}
+
+/// Why `name` is not a usable container name (`None` when it is), starting with the name.
+fn container_name_problem(name: &str) -> Option<String> {
+    if let Some(why) = name_too_long(name) {
+        return Some(format!("{} {why}", shown_name(name)));
+    }
+    (!is_valid_container_name(name)).then(|| {
+        format!(
+            "{} is not a valid Docker container name (must match [a-zA-Z0-9][a-zA-Z0-9_.-]+)",
+            str_repr(name)
+        )
+    })
+}
+
+/// Validate a container name against Docker's grammar and the length limit, before anything
+/// is rendered with it.
+pub fn validate_container_name(name: &str) -> Result<()> {
+    let why = match name_too_long(name) {
+        Some(why) => why,
+        None if is_valid_container_name(name) => return Ok(()),
+        None => "must match [a-zA-Z0-9][a-zA-Z0-9_.-]+".to_owned(),
+    };
+    Err(Error::InvalidArgument(format!(
+        "invalid container name {}: {why}",
+        shown_name(name)
+    )))
 }
 
 /// CVS's `sanitize_container_name`: every character outside `[a-zA-Z0-9_]` becomes `_`.
@@ -389,33 +452,23 @@ pub(crate) fn build_spec(
     let control_user = env.control_user();
     let name = match block.get("name") {
         Some(v) if !v.is_null() => c.string("container.name", v).filter(|n| {
-            let ok = is_valid_container_name(n);
-            if !ok {
-                c.error(
-                    "container.name",
-                    format!(
-                        "{} is not a valid Docker container name (must match \
-                         [a-zA-Z0-9][a-zA-Z0-9_.-]+)",
-                        str_repr(n)
-                    ),
-                );
+            let problem = container_name_problem(n);
+            if let Some(p) = &problem {
+                c.error("container.name", p);
             }
-            ok
+            problem.is_none()
         }),
         _ => image.as_deref().and_then(|img| {
             let derived = default_container_name(&control_user, img);
-            if is_valid_container_name(&derived) {
-                Some(derived)
-            } else {
-                c.error(
-                    "container.name",
-                    format!(
-                        "the default name {} (control user + image) is not a valid Docker \
-                         container name; set container.name",
-                        str_repr(&derived)
-                    ),
-                );
-                None
+            match container_name_problem(&derived) {
+                None => Some(derived),
+                Some(p) => {
+                    c.error(
+                        "container.name",
+                        format!("the default name (control user + image) is unusable: {p}; set container.name"),
+                    );
+                    None
+                }
             }
         }),
     };
@@ -548,13 +601,25 @@ pub(crate) fn build_spec(
                 );
                 continue;
             }
+            // CVS stringifies with `str()` (so `true` arrives as `True`, `null` as `None`);
+            // a typed JSON value is a mistake to point at, not to guess the text of.
             let text = match v {
                 Value::String(s) if !s.contains('\0') => s.clone(),
-                Value::Number(n) => n.to_string(),
+                Value::String(_) => {
+                    c.error(&path, "must not contain a NUL character");
+                    continue;
+                }
+                Value::Number(n) => {
+                    c.error(
+                        &path,
+                        format!("expected a string, got {n}; write it quoted: \"{n}\""),
+                    );
+                    continue;
+                }
                 other => {
                     c.error(
                         &path,
-                        format!("expected a string or a number, got {}", value_repr(other)),
+                        format!("expected a string, got {}", value_repr(other)),
                     );
                     continue;
                 }
@@ -700,6 +765,21 @@ mod tests {
         ] {
             assert!(!is_valid_container_name(bad), "{bad}");
         }
+        assert!(is_valid_container_name(&"a".repeat(MAX_CONTAINER_NAME_LEN)));
+        let long = "a".repeat(MAX_CONTAINER_NAME_LEN + 1);
+        assert!(!is_valid_container_name(&long));
+        assert_eq!(
+            validate_container_name(&long).unwrap_err().to_string(),
+            format!(
+                "invalid container name '{}'...: is 129 characters long; the limit is 128 \
+                 (cvs-core names files after it, such as /tmp/cvs-core-<name>.lock)",
+                "a".repeat(40)
+            )
+        );
+        assert_eq!(
+            validate_container_name("a b").unwrap_err().to_string(),
+            "invalid container name 'a b': must match [a-zA-Z0-9][a-zA-Z0-9_.-]+"
+        );
         assert_eq!(
             sanitize_container_name("rocm/cvs:latest"),
             "rocm_cvs_latest"
@@ -728,7 +808,7 @@ mod tests {
     #[test]
     fn defaults_then_additions() {
         let (s, errors, _) = spec(
-            json!({"image": "rocm/cvs:latest", "env": {"GPUS": 4, "EXTRA": "x"},
+            json!({"image": "rocm/cvs:latest", "env": {"GPUS": "4", "EXTRA": "x"},
                    "runtime": {"args": {"volumes": ["/data:/data", "/home/alice:/workspace"],
                                         "cap_add": ["NET_ADMIN"], "network": "bridge",
                                         "privileged": false}}}),

@@ -5,7 +5,8 @@
 use serde_json::{Map, Value};
 
 use super::Env;
-use crate::error::{Error, Result};
+use super::pyrepr::str_repr;
+use crate::error::{Error, Issue, Result};
 
 /// The `{user-id}` placeholder CVS substitutes in cluster files.
 pub const USER_ID_PLACEHOLDER: &str = "{user-id}";
@@ -41,7 +42,45 @@ pub fn placeholder_user(env: &dyn Env) -> String {
 /// Substitute `{user-id}` in keys and values, recursively, and refuse any `<changeme>`
 /// (case-insensitive) in a key or a string value, naming its path (`a.b[0]`).
 pub fn resolve_cluster_placeholders(value: &Value, user: &str) -> Result<Value> {
-    resolve_at(value, "", user)
+    resolve_at(value, "", user, &mut Vec::new())
+}
+
+/// [`resolve_cluster_placeholders`], also reporting keys that substitution made equal (CVS's
+/// dict comprehension keeps the last silently): `node_dict` keys `n-{user-id}` and `n-alice`
+/// are one host listed twice.
+pub fn resolve_cluster_placeholders_checked(
+    value: &Value,
+    user: &str,
+) -> Result<(Value, Vec<Issue>)> {
+    let mut collisions = Vec::new();
+    let resolved = resolve_at(value, "", user, &mut collisions)?;
+    Ok((resolved, collisions))
+}
+
+fn collision_issue(parent: &str, first: &str, second: &str, key: &str) -> Issue {
+    let path = child_path(parent, key);
+    let how = format!(
+        "{} and {} both become {} once {USER_ID_PLACEHOLDER} is substituted",
+        str_repr(first),
+        str_repr(second),
+        str_repr(key)
+    );
+    if parent == "node_dict" {
+        Issue::at(
+            path,
+            format!("host {} is listed twice: {how}", str_repr(key)),
+        )
+    } else {
+        Issue::at(path, format!("key {} is given twice: {how}", str_repr(key)))
+    }
+}
+
+fn child_path(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
+    }
 }
 
 fn check_changeme(path: &str, text: &str) -> Result<()> {
@@ -58,7 +97,7 @@ fn check_changeme(path: &str, text: &str) -> Result<()> {
     Ok(())
 }
 
-fn resolve_at(value: &Value, path: &str, user: &str) -> Result<Value> {
+fn resolve_at(value: &Value, path: &str, user: &str, collisions: &mut Vec<Issue>) -> Result<Value> {
     match value {
         Value::String(s) => {
             check_changeme(path, s)?;
@@ -67,22 +106,24 @@ fn resolve_at(value: &Value, path: &str, user: &str) -> Result<Value> {
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .map(|(i, item)| resolve_at(item, &format!("{path}[{i}]"), user))
+            .map(|(i, item)| resolve_at(item, &format!("{path}[{i}]"), user, collisions))
             .collect::<Result<Vec<_>>>()
             .map(Value::Array),
         Value::Object(map) => {
             let mut out = Map::with_capacity(map.len());
+            // resolved key -> the key as written, to name both sides of a collision
+            let mut written: std::collections::HashMap<String, &str> = Default::default();
             for (key, item) in map {
-                let child = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
+                let child = child_path(path, key);
                 check_changeme(&child, key)?;
-                out.insert(
-                    key.replace(USER_ID_PLACEHOLDER, user),
-                    resolve_at(item, &child, user)?,
-                );
+                let resolved = key.replace(USER_ID_PLACEHOLDER, user);
+                let item = resolve_at(item, &child, user, collisions)?;
+                if let Some(first) = written.get(&resolved) {
+                    collisions.push(collision_issue(path, first, key, &resolved));
+                } else {
+                    written.insert(resolved.clone(), key);
+                }
+                out.insert(resolved, item);
             }
             Ok(Value::Object(out))
         }
@@ -134,6 +175,35 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn keys_made_equal_by_substitution_are_reported() {
+        let v = json!({"node_dict": {"n-{user-id}": {"a": 1}, "n-bob": {"b": 2}, "m": {}},
+                       "x": {"bob": 1, "{user-id}": 2}});
+        let (out, issues) = resolve_cluster_placeholders_checked(&v, "bob").unwrap();
+        let got: Vec<(&str, &str)> = issues
+            .iter()
+            .map(|i| (i.path.as_str(), i.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "node_dict.n-bob",
+                    "node_dict.n-bob: host 'n-bob' is listed twice: 'n-{user-id}' and 'n-bob' \
+                     both become 'n-bob' once {user-id} is substituted"
+                ),
+                (
+                    "x.bob",
+                    "x.bob: key 'bob' is given twice: 'bob' and '{user-id}' both become 'bob' \
+                     once {user-id} is substituted"
+                ),
+            ]
+        );
+        // The value is CVS's (the last one wins), and the unchecked form says nothing.
+        assert_eq!(out["node_dict"]["n-bob"], json!({"b": 2}));
+        assert_eq!(resolve_cluster_placeholders(&v, "bob").unwrap(), out);
     }
 
     #[test]

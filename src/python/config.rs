@@ -7,14 +7,20 @@ use serde_json::{Map, Value};
 use super::convert::{map_to_py, to_py, to_value};
 use super::env::PyEnv;
 use super::errors::{IntoPyResult, guard};
-use crate::config::{self, ClusterConfig, ContainerSpec, Env};
+use crate::config::{
+    self, ClusterConfig, ContainerSpec, Env, LoadOptions, MissingKey, ParsedDocument,
+};
 use crate::error::{Error, Issue};
 use crate::ssh::local::read_config_file;
 
-/// A dict is taken as is; a str or os.PathLike names a JSON file.
-fn document(py: Python<'_>, obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Value> {
+/// A dict is taken as is; a str or os.PathLike names a JSON file (whose duplicated keys come
+/// back as issues).
+fn document(py: Python<'_>, obj: &Bound<'_, PyAny>, what: &str) -> PyResult<ParsedDocument> {
     if obj.is_instance_of::<PyDict>() {
-        return to_value(obj, "").py_err(py);
+        return Ok(ParsedDocument {
+            value: to_value(obj, "").py_err(py)?,
+            issues: Vec::new(),
+        });
     }
     let fspath = py.import("os")?.getattr("fspath")?;
     let Ok(path) = fspath.call1((obj,)).and_then(|p| p.extract::<String>()) else {
@@ -279,12 +285,15 @@ impl PyClusterConfig {
 }
 
 /// Load, resolve and validate a cluster file (and an optional testsuite file).
+/// `require_key_file=False` makes a missing `priv_key_file` a warning instead of an error (for
+/// checking a file away from the control host); a key file that exists is checked either way.
 #[pyfunction]
-#[pyo3(signature = (cluster, testsuite = None))]
+#[pyo3(signature = (cluster, testsuite = None, *, require_key_file = true))]
 pub fn load_config(
     py: Python<'_>,
     cluster: &Bound<'_, PyAny>,
     testsuite: Option<&Bound<'_, PyAny>>,
+    require_key_file: bool,
 ) -> PyResult<PyClusterConfig> {
     guard(py, || {
         let cluster = document(py, cluster, "cluster")?;
@@ -294,7 +303,22 @@ pub fn load_config(
         };
         let env = PyEnv { py };
         let default = env.default_setup_script()?;
-        let inner = config::load_config(&cluster, testsuite.as_ref(), &env, &default).py_err(py)?;
+        let mut text_issues = cluster.issues;
+        let testsuite = testsuite.map(|t| {
+            text_issues.extend(t.issues);
+            t.value
+        });
+        let options = LoadOptions {
+            missing_key: if require_key_file {
+                MissingKey::Error
+            } else {
+                MissingKey::Warn
+            },
+            text_issues,
+        };
+        let inner =
+            config::load_config(&cluster.value, testsuite.as_ref(), &env, &default, &options)
+                .py_err(py)?;
         let container = match &inner.container {
             Some(spec) => Some(Py::new(
                 py,

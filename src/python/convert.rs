@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::{Map, Number, Value};
 
+use crate::config::MAX_NESTING_DEPTH;
 use crate::config::pyrepr::str_repr;
 use crate::error::{Error, Issue};
 
@@ -26,6 +27,10 @@ fn child(path: &str, key: &str) -> String {
 /// Convert a Python value (dict/list/tuple/str/int/float/bool/None) to JSON, naming the path
 /// of anything that has no JSON form.
 pub fn to_value(obj: &Bound<'_, PyAny>, path: &str) -> Result<Value, Error> {
+    to_value_at(obj, path, 0)
+}
+
+fn to_value_at(obj: &Bound<'_, PyAny>, path: &str, depth: usize) -> Result<Value, Error> {
     if obj.is_none() {
         return Ok(Value::Null);
     }
@@ -53,17 +58,33 @@ pub fn to_value(obj: &Bound<'_, PyAny>, path: &str) -> Result<Value, Error> {
             .map(Value::String)
             .map_err(|_| unsupported(path, "string is not valid UTF-8".into()));
     }
+    let container = obj.is_instance_of::<PyDict>()
+        || obj.is_instance_of::<PyList>()
+        || obj.is_instance_of::<PyTuple>();
+    // Every walk of the value recurses (this one, resolution, even its drop): past the bound
+    // a deep or self-containing dict would overflow the stack and kill the interpreter.
+    if container && depth + 1 >= MAX_NESTING_DEPTH {
+        return Err(unsupported(
+            path,
+            format!(
+                "nested {MAX_NESTING_DEPTH} levels deep (or contains itself); JSON files have \
+                 the same limit"
+            ),
+        ));
+    }
     if let Ok(d) = obj.cast::<PyDict>() {
         let mut map = Map::with_capacity(d.len());
         for (k, v) in d.iter() {
             let Ok(key) = k.extract::<String>() else {
                 let shown = k.repr().map(|r| r.to_string()).unwrap_or_default();
-                return Err(unsupported(
-                    path,
-                    format!("keys must be strings, got {shown}"),
-                ));
+                let why = if k.is_instance_of::<PyString>() {
+                    format!("key {shown} is not valid UTF-8 (a lone surrogate)")
+                } else {
+                    format!("keys must be strings, got {shown}")
+                };
+                return Err(unsupported(path, why));
             };
-            let value = to_value(&v, &child(path, &key))?;
+            let value = to_value_at(&v, &child(path, &key), depth + 1)?;
             map.insert(key, value);
         }
         return Ok(Value::Object(map));
@@ -76,7 +97,7 @@ pub fn to_value(obj: &Bound<'_, PyAny>, path: &str) -> Result<Value, Error> {
             .enumerate()
         {
             let item = item.map_err(|_| unsupported(path, "iteration failed".into()))?;
-            items.push(to_value(&item, &format!("{path}[{i}]"))?);
+            items.push(to_value_at(&item, &format!("{path}[{i}]"), depth + 1)?);
         }
         return Ok(Value::Array(items));
     }

@@ -4,7 +4,7 @@
 
 use pyo3::prelude::*;
 
-use crate::config::{Env, placeholder_user};
+use crate::config::{Env, FileInfo, placeholder_user};
 
 pub struct PyEnv<'py> {
     pub py: Python<'py>,
@@ -64,5 +64,11 @@ impl Env for PyEnv<'_> {
             .and_then(|f| f.call1((path,)))
             .and_then(|r| r.extract::<bool>())
             .unwrap_or(false)
+    }
+
+    fn file_info(&self, path: &str) -> FileInfo {
+        // Paths reach here absolute (resolved against Python's cwd), so the file system
+        // answers the same as Python's `os` would.
+        crate::ssh::local::file_info(path)
     }
 }

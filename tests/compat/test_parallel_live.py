@@ -288,9 +288,15 @@ def test_upload_file_list_and_directories(make, sshd, tmp_path: Path) -> None:
     (tree / "sub").mkdir(parents=True)
     (tree / "a.txt").write_text("A")
     (tree / "sub" / "b.txt").write_text("B")
-    p.upload_file(str(tree), str(tmp_path / "tree-copy"), recurse=True)
-    assert (tmp_path / "tree-copy" / "sub" / "b.txt").read_text() == "B"
-    got = p.download_file(str(tmp_path / "tree-copy"), str(tmp_path / "back"), recurse=True)
+    # The loopback hosts share one file system: three tar extractions into one directory race
+    # ("Cannot open: File exists"), so each host gets its own destination.
+    copies = [tmp_path / f"host{i}" / "tree-copy" for i in range(len(hosts))]
+    for host, copy in zip(hosts, copies):
+        make([host]).upload_file(str(tree), str(copy), recurse=True)
+        assert (copy / "sub" / "b.txt").read_text() == "B"
+    # Reading one path from every host at once is safe; each lands in its own local copy.
+    got = p.download_file(str(copies[0]), str(tmp_path / "back"), recurse=True)
+    assert list(got) == hosts
     for path in got.values():
         assert (Path(path) / "a.txt").read_text() == "A"
         assert (Path(path) / "sub" / "b.txt").read_text() == "B"
