@@ -585,7 +585,7 @@ impl Cluster {
             drop(stdin);
             drop(child);
             let killed = job::kill_remote(m.session.clone(), token, kill_prefix).await;
-            return Err(fail(stage, status, format!("{why}; {killed}")));
+            return Err(fail(stage, status, format!("{why}; {}", killed.describe())));
         }
         let last = stages.last().map_or("", |(m, _)| *m);
         let lines: Vec<&[u8]> = seen.split(|b| *b == b'\n').collect();

@@ -175,12 +175,33 @@ fn take(buf: &Arc<Mutex<Vec<u8>>>) -> Vec<u8> {
     std::mem::take(&mut *buf.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
+/// What a kill of a job's remote processes established.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Killed {
+    /// Processes were found and none survived.
+    Confirmed,
+    /// No process of the job was running.
+    NothingFound,
+    /// The kill could not run, or processes survived it: never reported as killed.
+    NotConfirmed(String),
+}
+
+impl Killed {
+    pub fn describe(&self) -> String {
+        match self {
+            Killed::Confirmed => "remote processes killed".into(),
+            Killed::NothingFound => "no remote process was left running".into(),
+            Killed::NotConfirmed(why) => format!("kill not confirmed: {why}"),
+        }
+    }
+}
+
 /// End every remote process of the job `token` (TERM, then KILL after the grace) and say what
 /// is known of it afterwards: a kill is claimed only when the script reported no survivor.
-pub async fn kill_remote(session: Arc<Session>, token: String, prefix: &str) -> String {
+pub async fn kill_remote(session: Arc<Session>, token: String, prefix: &str) -> Killed {
     let script = match kill_job_script(&token, KILL_GRACE.as_millis() as u64) {
         Ok(s) => s,
-        Err(e) => return format!("kill not confirmed: {e}"),
+        Err(e) => return Killed::NotConfirmed(e.to_string()),
     };
     let script = if prefix.trim().is_empty() {
         Ok(script)
@@ -192,7 +213,7 @@ pub async fn kill_remote(session: Arc<Session>, token: String, prefix: &str) -> 
     };
     let script = match script {
         Ok(s) => s,
-        Err(e) => return format!("kill not confirmed: {e}"),
+        Err(e) => return Killed::NotConfirmed(e.to_string()),
     };
     let mut cmd = Session::to_raw_command(session, script);
     cmd.stdin(Stdio::null())
@@ -204,14 +225,14 @@ pub async fn kill_remote(session: Arc<Session>, token: String, prefix: &str) -> 
         Ok::<_, String>(String::from_utf8_lossy(&out.stdout).into_owned())
     };
     match tokio::time::timeout(KILL_GRACE + Duration::from_secs(5), run).await {
-        Err(_) => "kill not confirmed: the host did not answer the kill in time".into(),
-        Ok(Err(e)) => format!("kill not confirmed: {e}"),
+        Err(_) => Killed::NotConfirmed("the host did not answer the kill in time".into()),
+        Ok(Err(e)) => Killed::NotConfirmed(e),
         Ok(Ok(out)) => match parse_kill_report(&out) {
-            None => "kill not confirmed: the kill script did not finish".into(),
-            Some((0, _)) => "no remote process was left running".into(),
-            Some((_, 0)) => "remote processes killed".into(),
+            None => Killed::NotConfirmed("the kill script did not finish".into()),
+            Some((0, _)) => Killed::NothingFound,
+            Some((_, 0)) => Killed::Confirmed,
             Some((n, left)) => {
-                format!("kill not confirmed: {left} of {n} remote processes survived")
+                Killed::NotConfirmed(format!("{left} of {n} remote processes survived"))
             }
         },
     }
@@ -340,8 +361,9 @@ pub async fn run(
         }
     };
 
+    tokio::pin!(io);
     let finished = tokio::select! {
-        done = io => Ok(done),
+        done = &mut io => Ok(done),
         stop = watchdog => Err(stop),
     };
     let elapsed = started.elapsed();
@@ -367,8 +389,26 @@ pub async fn run(
             };
             // Awaited even on Ctrl-C: the caller returns once the remote work is stopped (or
             // is known not to be), never while it still runs unobserved.
-            let killed = kill_remote(session, token, &spec.kill_prefix).await;
-            let mut r = HostResult::failed(host, status, format!("{what}; {killed}"), elapsed);
+            let mut killed = kill_remote(session.clone(), token.clone(), &spec.kill_prefix).await;
+            // A kill that ran before the command had started its processes finds nothing, and
+            // the command would then start unobserved: while the channel stays open, kill again.
+            let mut tries = 0;
+            while killed == Killed::NothingFound && tries < 10 {
+                if tokio::time::timeout(Duration::from_millis(200), &mut io)
+                    .await
+                    .is_ok()
+                {
+                    break; // the command's channel closed: nothing of it runs any more
+                }
+                killed = kill_remote(session.clone(), token.clone(), &spec.kill_prefix).await;
+                tries += 1;
+            }
+            let mut r = HostResult::failed(
+                host,
+                status,
+                format!("{what}; {}", killed.describe()),
+                elapsed,
+            );
             r.stdout = take(&out);
             r.stderr = take(&err);
             return Outcome::Ran(r);
