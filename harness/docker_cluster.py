@@ -992,17 +992,21 @@ class DockerCluster:
             # deliberately NO default route: nodes reach only <subnet>.0/24, so a stray
             # `docker pull`, DNS lookup etc. fails fast ("network unreachable")
 
-    def _launch_nodes(self) -> None:
-        env = {
+    def _node_env(self, i: int) -> dict[str, str]:
+        """The environment node_harness.sh runs with (its dockerd's settings)."""
+        return {
             "PATH": STD_PATH,
             "HOME": "/root",
             "LANG": "C.UTF-8",
             "CVS_NODE_DRIVER": self.storage_driver,
             "CVS_NODE_RUNTIME": self.runtime,
+            "CVS_NODE_CGROUP": f"/{self.cgroups[i]}",
         }
-        for name, ns, cg in zip(self.names, self.netns, self.cgroups):
+
+    def _launch_nodes(self) -> None:
+        for i, (name, ns) in enumerate(zip(self.names, self.netns)):
+            env = self._node_env(i)
             d = self.workdir / "nodes" / name
-            env["CVS_NODE_CGROUP"] = f"/{cg}"
             argv = [
                 "nsenter",
                 f"--net=/run/netns/{ns}",
@@ -1031,7 +1035,7 @@ class DockerCluster:
                     stdout=logf,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    env=dict(env),
+                    env=env,
                     cwd="/",
                 )
             self._popens[name] = p
@@ -1331,14 +1335,7 @@ class DockerCluster:
                 "nsenter", "-t", str(self.init_pid(i)), "-m", "-u", "-i", "-n", "-p", "--",
                 "/bin/bash", f"{NODE_SHARE}/bin/node_harness.sh", "dockerd", self.names[i],
             ]  # fmt: skip
-            env = {
-                "PATH": STD_PATH,
-                "HOME": "/root",
-                "LANG": "C.UTF-8",
-                "CVS_NODE_DRIVER": self.storage_driver,
-                "CVS_NODE_RUNTIME": self.runtime,
-                "CVS_NODE_CGROUP": f"/{self.cgroups[i]}",
-            }
+            env = self._node_env(i)
             # nsenter waits for its child (the new dockerd): kept as ours, stopped with the
             # node (its PID namespace dies with the node's PID 1)
             self._popens[f"dockerd-{self.names[i]}"] = subprocess.Popen(

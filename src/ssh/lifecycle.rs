@@ -839,6 +839,25 @@ impl Driver {
         summary
     }
 
+    /// A setup that failed after it began creating containers: undo this run's creations and
+    /// say what failed and what the cleanup did.
+    async fn abandon(
+        &self,
+        mut report: Report,
+        kind: &str,
+        what: String,
+        creating: &[String],
+        cx: &Ctx,
+        started: Instant,
+    ) -> Report {
+        let cleanup = self.undo(&mut report, creating, cx).await;
+        report.ok = false;
+        report.kind = kind.into();
+        report.message = format!("{what}; {cleanup}");
+        report.elapsed = started.elapsed();
+        report
+    }
+
     /// The report of a setup cancelled `when`: each host says whether its remote work was
     /// stopped (from the cancelled step's results), then what this run created is removed.
     async fn stopped(
@@ -1048,15 +1067,10 @@ impl Driver {
             }
             // Containers made by this run hold nothing of the user's yet: remove them, so a
             // failed cold start does not leave a partial persistent set behind.
-            let cleanup = self.undo(&mut report, &creating, cx).await;
-            report.ok = false;
-            report.kind = "launch_failed".into();
-            report.message = format!(
-                "Container startup failed on hosts: {}; {cleanup}",
-                list_repr(&names)
-            );
-            report.elapsed = started.elapsed();
-            return report;
+            let what = format!("Container startup failed on hosts: {}", list_repr(&names));
+            return self
+                .abandon(report, "launch_failed", what, &creating, cx, started)
+                .await;
         }
 
         // 4. Provision the fresh containers only.
@@ -1086,15 +1100,10 @@ impl Driver {
                 }
             }
             if !bad.is_empty() {
-                let cleanup = self.undo(&mut report, &creating, cx).await;
-                report.ok = false;
-                report.kind = "provision_failed".into();
-                report.message = format!(
-                    "Container provisioning failed on {}; {cleanup}",
-                    list_repr(&bad)
-                );
-                report.elapsed = started.elapsed();
-                return report;
+                let what = format!("Container provisioning failed on {}", list_repr(&bad));
+                return self
+                    .abandon(report, "provision_failed", what, &creating, cx, started)
+                    .await;
             }
         }
 
@@ -1152,15 +1161,10 @@ impl Driver {
                 for r in &bad {
                     mark(&mut report.hosts, r, "recording provisioning");
                 }
-                let cleanup = self.undo(&mut report, &creating, cx).await;
-                report.ok = false;
-                report.kind = "provision_failed".into();
-                report.message = format!(
-                    "Could not record provisioning on {}; {cleanup}",
-                    list_repr(&names)
-                );
-                report.elapsed = started.elapsed();
-                return report;
+                let what = format!("Could not record provisioning on {}", list_repr(&names));
+                return self
+                    .abandon(report, "provision_failed", what, &creating, cx, started)
+                    .await;
             }
             for h in report.hosts.iter_mut() {
                 if created.contains(&h.host) {
