@@ -21,7 +21,8 @@ use crate::error::Error;
 use crate::render::remote::{read_file_command, write_file_command};
 use crate::ssh::runtime::runtime;
 use crate::ssh::{
-    self, ConnectOptions, Event, HostKeyPolicy, HostResult, Input, JobSpec, OutputTo, Phase, Status,
+    self, ConnectOptions, Event, HostKeyPolicy, HostResult, Input, JobSpec, OutputTo, Phase,
+    Secret, Status,
 };
 
 const LOGGER: &str = "cvs_core";
@@ -550,14 +551,6 @@ impl PyCluster {
         keepalive: f64,
     ) -> PyResult<Self> {
         guard(py, || {
-            if password.is_some() {
-                return Err(invalid(
-                    py,
-                    "password authentication is not supported by cvs_core.Cluster: it runs \
-                     OpenSSH in batch mode, which never prompts. Use key-based authentication \
-                     (key=... or an ssh-agent), or drop 'password' from the cluster file.",
-                ));
-            }
             let opt_path = |o: Option<&Bound<'_, PyAny>>| -> PyResult<Option<PathBuf>> {
                 o.filter(|o| !o.is_none())
                     .map(|o| path_string(py, o).map(PathBuf::from))
@@ -579,6 +572,9 @@ impl PyCluster {
                 // hanging a command until its own timeout.
                 keepalive: to_duration(py, "keepalive", Some(keepalive))?
                     .unwrap_or(Duration::from_secs(30)),
+                // Keys are preferred; a password reaches OpenSSH only through its askpass
+                // helper (src/ssh/master.rs), never a command line or the environment.
+                password: password.filter(|p| !p.is_empty()).map(Secret::new),
                 ..ConnectOptions::default()
             };
             if max_parallel == Some(0) {
