@@ -802,3 +802,16 @@ def test_listen_probe_against_a_real_socket() -> None:
         timeout=10,
     ).stdout
     assert not container.sshd_port_listen_ok(out), out
+
+
+def test_C7_launch_containers_call_form(make_container) -> None:
+    # Seams C7: per_run and the persistent cold start call _launch_containers with CVS's seven
+    # launch arguments, positionally; the container name is derived inside.
+    for lifetime, probe in (("per_run", None), ("persistent", {})):
+        orch = make_container(lifetime)
+        orch.runtime.is_running.return_value = probe
+        with mock.patch.object(
+            container.ContainerOrchestrator, "_launch_containers", return_value=True
+        ) as launch:
+            assert orch.setup_containers(volumes=["/v:/v"]) is True
+        launch.assert_called_once_with(["/v:/v"], None, None, None, None, None, None)

@@ -198,7 +198,7 @@ class ContainerOrchestrator(BaremetalOrchestrator):
             return self.verify_containers_running(container_name)
         if lifetime == "persistent":
             return self._setup_persistent(container_name, image, launch)
-        return self._launch_containers(container_name, **launch)
+        return self._launch_containers(*launch.values())
 
     def _answered(self, raw: Any, status: dict[str, dict[str, Any]], what: str) -> list[str]:
         """The hosts CVS decides over: those present in the probe's results (a configured host
@@ -222,13 +222,13 @@ class ContainerOrchestrator(BaremetalOrchestrator):
         if not hosts:
             # CVS: running nowhere, so a cold start.
             self.log.info("Persistent container not running on any host, launching...")
-            return self._launch_containers(container_name, **launch)
+            return self._launch_containers(*launch.values())
         decision = cvs_core.decide_setup(
             "persistent", status, hosts=hosts, name=container_name, image=image
         )
         if decision.kind == "launch":
             self.log.info(decision.message)
-            return self._launch_containers(container_name, **launch)
+            return self._launch_containers(*launch.values())
         if decision.kind == "need_image_status":
             self.container_id = container_name
             self.log.info(
@@ -280,7 +280,6 @@ class ContainerOrchestrator(BaremetalOrchestrator):
 
     def _launch_containers(
         self,
-        container_name: str,
         volumes: Sequence[str] | None = None,
         devices: Sequence[str] | None = None,
         capabilities: Sequence[str] | None = None,
@@ -289,7 +288,11 @@ class ContainerOrchestrator(BaremetalOrchestrator):
         groups: Sequence[str] | None = None,
         ulimits: Sequence[str] | None = None,
     ) -> bool:
-        """Start fresh containers on every host, then run the setup script in them."""
+        """Start fresh containers on every host, then run the setup script in them. CVS's
+        call form: the seven launch arguments positionally; the name is derived here."""
+        container_name = self.get_container_name(
+            self.container_config, self.container_config.get("image")
+        )
         # Set before launching (CVS): a per_run teardown then removes a half-started set.
         self.container_id = container_name
         volumes = self.get_volumes() if volumes is None else volumes
