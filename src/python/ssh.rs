@@ -461,6 +461,10 @@ impl PyResults {
 #[pyclass(frozen, module = "cvs_core", name = "Cluster")]
 pub struct PyCluster {
     pub(crate) inner: Arc<ssh::Cluster>,
+    /// Bumped by `interrupt()`: every call running at that moment is cancelled. Ctrl-C reaches
+    /// only the main thread, so a caller that runs calls on worker threads (the compat layer's
+    /// sharded path) stops them through this.
+    interrupts: watch::Sender<u64>,
 }
 
 struct Call {
@@ -490,17 +494,34 @@ impl PyCluster {
             (format!("{} on {} hosts", call.what, call.jobs.len()),),
         )?;
         let started = Instant::now();
-        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let (cancel_tx, mut cancel_rx) = watch::channel(false);
+        let (engine_tx, engine_rx) = watch::channel(false);
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let cluster = self.inner.clone();
         let jobs = call.jobs;
-        let results = wait(
-            py,
-            async move { cluster.run_many(jobs, Some(ev_tx), cancel_rx).await },
-            cancel_tx,
-            ev_rx,
-            progress,
-        )?;
+        let mut interrupts = self.interrupts.subscribe();
+        interrupts.mark_unchanged();
+        // The engine's cancel fires on this call's own Ctrl-C or on interrupt() from any thread.
+        let work = async move {
+            let run = cluster.run_many(jobs, Some(ev_tx), engine_rx);
+            tokio::pin!(run);
+            let (mut own, mut other) = (true, true);
+            loop {
+                tokio::select! {
+                    r = &mut run => return r,
+                    c = cancel_rx.changed(), if own => match c {
+                        Ok(()) if *cancel_rx.borrow() => { let _ = engine_tx.send(true); }
+                        Ok(()) => {}
+                        Err(_) => own = false,
+                    },
+                    c = interrupts.changed(), if other => match c {
+                        Ok(()) => { let _ = engine_tx.send(true); }
+                        Err(_) => other = false,
+                    },
+                }
+            }
+        };
+        let results = wait(py, work, cancel_tx, ev_rx, progress)?;
         let elapsed = started.elapsed();
         logger.call_method1(
             "info",
@@ -583,6 +604,7 @@ impl PyCluster {
             let inner = ssh::Cluster::new(hosts, opts, max_parallel).py_err(py)?;
             Ok(PyCluster {
                 inner: Arc::new(inner),
+                interrupts: watch::channel(0).0,
             })
         })
     }
@@ -815,6 +837,13 @@ impl PyCluster {
     fn master_pids(&self, py: Python<'_>) -> PyResult<Vec<u32>> {
         let cluster = self.inner.clone();
         wait_plain(py, async move { cluster.master_pids().await })
+    }
+
+    /// Cancel every call running on this cluster, from any thread: each kills its remote
+    /// commands as Ctrl-C does and returns with its unfinished hosts `cancelled`. Later calls
+    /// are not affected.
+    fn interrupt(&self) {
+        self.interrupts.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// End every master. The cluster cannot be used afterwards.

@@ -2,7 +2,7 @@
 ``cvs_core.Cluster``.
 
 CVS's ``Pssh`` talks to its client through a small protocol, and CVS's tests (and its users')
-put doubles exactly there (``docs/../shared/spec/cvs-test-seams.md`` §4). This class speaks that
+put doubles exactly there (``shared/spec/cvs-test-seams.md`` §4). This class speaks that
 protocol with cvs-core's engine behind it: one OpenSSH master per host, kept across calls, the
 GIL released while waiting; no parallel-ssh, no gevent, no libssh2.
 
@@ -320,6 +320,15 @@ class EnginePool:
             done = entry.retired and entry.refs == 0
         if done:
             entry.cluster.close()
+
+    def interrupt(self) -> None:
+        """Stop the calls running on every engine, from any thread: each ends once its remote
+        commands are killed, its hosts ``cancelled`` (Ctrl-C in the thread that waits for the
+        shards; the shards' own threads never see the signal)."""
+        with self._lock:
+            entries = list(self._entries.values())
+        for entry in entries:
+            entry.cluster.interrupt()
 
     def close(self) -> None:
         """Close every engine now (calls still running on them fail)."""

@@ -96,7 +96,8 @@ class PsshSharder:
             return []
         universe = [h for p in payloads for h in (p.get("init") or {}).get("host_list") or ()]
         results: list[Any] = [None] * len(payloads)
-        with shared_engines(self._engines(), universe):
+        pool = self._engines()
+        with shared_engines(pool, universe):
             with ProcessPoolExecutor(
                 max_workers=min(len(payloads), self.config.max_workers),
                 mp_context=mp.get_context("spawn"),
@@ -105,8 +106,15 @@ class PsshSharder:
                     executor.submit(PsshSharder.run_shard, payload): index
                     for index, payload in enumerate(payloads)
                 }
-                for fut in as_completed(futures):
-                    results[futures[fut]] = fut.result()
+                try:
+                    for fut in as_completed(futures):
+                        results[futures[fut]] = fut.result()
+                except KeyboardInterrupt:
+                    # Ctrl-C reaches this thread only: stop the shards' remote commands (the
+                    # engine kills and confirms them, bounded), let the executor collect the
+                    # shards, then raise, as a direct call on the engine does.
+                    pool.interrupt()
+                    raise
         return results
 
     def merge_results(
