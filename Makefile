@@ -8,7 +8,7 @@ PYTHON ?= python3
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 
-.PHONY: help prereqs dev test test-rust test-python lint fmt demo bench bench-lifecycle wheel clean
+.PHONY: help prereqs dev test test-rust test-python lint fmt demo bench bench-compat bench-lifecycle wheel clean
 
 help: ## Show the targets and what they do
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -17,7 +17,8 @@ help: ## Show the targets and what they do
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q 'maturin>=1.9,<2' 'pytest>=8' 'ruff>=0.6'
+	$(PY) -m pip install -q 'maturin>=1.9,<2' 'pytest>=8' 'ruff>=0.6' \
+	  'parallel-ssh==2.16.*'  # only for pssh.exceptions: the compat layer raises CVS's types
 
 dev: $(PY) ## Create .venv and build cvs_core into it (editable: Python edits apply at once)
 	$(VENV)/bin/maturin develop -q
@@ -51,6 +52,10 @@ bench: dev ## Fan-out benchmark: cvs_core vs parallel-ssh (prints a table, write
 	$(VENV)/bin/maturin develop --release -q  # timings of a debug build mean nothing
 	$(PY) -m pip install -q 'parallel-ssh==2.16.*'
 	$(PY) benchmarks/fanout.py $(BENCH_ARGS)
+
+bench-compat: dev ## Cost of CVS's seams: compat Pssh/MultiProcessPssh vs cvs_core.Cluster, warm per call (8, 64, 256 hosts)
+	$(VENV)/bin/maturin develop --release -q  # timings of a debug build mean nothing
+	$(PY) benchmarks/compat.py $(BENCH_ARGS)
 
 bench-lifecycle: dev ## Container lifecycle benchmark (native driver vs CVS's algorithm), prints a table, writes JSON
 	$(VENV)/bin/maturin develop --release -q  # timings of a debug build mean nothing

@@ -16,7 +16,10 @@ Pitfalls this handles (learned on this kind of machine):
 
 Besides the normal hosts it can provide the failure cases a transport must classify: an address
 where nothing listens, a port that accepts TCP but never speaks SSH, a host whose key differs
-from ``known_hosts``, and a host that refuses the client key.
+from ``known_hosts``, and a host that refuses the client key. As root it can also provide a host
+that accepts only a password (``password_host=True``): its sshd runs in a private mount
+namespace where a copy of ``/etc/shadow`` giving the user ``password`` (random per cluster) is
+bind-mounted over the real one, so the machine's accounts are never touched.
 
 Command line: ``python harness/sshd_cluster.py up N DIR`` / ``down DIR``.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -47,6 +51,16 @@ except ImportError:  # pragma: no cover - script mode
 SSHD = os.environ.get("SSHD", "/usr/sbin/sshd")
 STD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KEX = "curve25519-sha256"
+
+
+def password_host_missing() -> str | None:
+    """Why a password-only host cannot run here, or None when it can."""
+    if os.geteuid() != 0:
+        return "a password-only sshd needs root (a private mount namespace over /etc/shadow)"
+    for tool in ("unshare", "openssl", "mount"):
+        if not shutil.which(tool):
+            return f"{tool} is not installed"
+    return None
 
 
 def prerequisites_missing() -> str | None:
@@ -99,6 +113,8 @@ class SshdCluster:
     _stop_listeners: threading.Event = field(default_factory=threading.Event)
     mode: str = ""
     net: int = 0
+    #: The password of the password-only host (``start(password_host=True)``).
+    password: str = ""
 
     # -- layout ----------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -143,13 +159,23 @@ class SshdCluster:
         *,
         wrong_key_host: bool = False,
         no_auth_host: bool = False,
+        password_host: bool = False,
         timeout: float = 30.0,
     ) -> SshdCluster:
         why = prerequisites_missing()
         if why:
             raise RuntimeError(why)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        specials = [s for s, on in (("wrongkey", wrong_key_host), ("noauth", no_auth_host)) if on]
+        flags = (
+            ("wrongkey", wrong_key_host),
+            ("noauth", no_auth_host),
+            ("password", password_host),
+        )
+        specials = [s for s, on in flags if on]
+        if password_host:
+            why = password_host_missing()
+            if why:
+                raise RuntimeError(why)
         total = self.n + len(specials) + 2  # + a dead address + a silent listener
         self._choose_mode(total)
         if os.geteuid() == 0:
@@ -172,7 +198,9 @@ class SshdCluster:
         for j, special in enumerate(specials, start=self.n + 1):
             key = other_key if special == "wrongkey" else host_key
             auth = self.workdir / "empty_authorized_keys" if special == "noauth" else authorized
-            self.extra[special] = self._make_host(j, special, key, auth)
+            self.extra[special] = self._make_host(
+                j, special, key, auth, password_only=special == "password"
+            )
         for h in [*self.host_list, *self.extra.values()]:
             entry = h.addr if h.port == 22 else f"[{h.addr}]:{h.port}"
             known.append(f"{entry} {host_pub}")
@@ -210,8 +238,11 @@ class SshdCluster:
         )
         for h in [*self.host_list, *self.extra.values()]:
             log = h.dir / "sshd.log"
+            argv = [SSHD, "-D", "-f", str(h.config), "-E", str(log)]
+            if h.name == "password":
+                argv = self._password_namespace(h, argv)
             h.proc = subprocess.Popen(
-                [SSHD, "-D", "-f", str(h.config), "-E", str(log)],
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -220,7 +251,38 @@ class SshdCluster:
         self._wait_ready(timeout)
         return self
 
-    def _make_host(self, i: int, name: str, host_key: Path, authorized: Path) -> Host:
+    def _password_namespace(self, h: Host, argv: list[str]) -> list[str]:
+        """``argv`` run in a private mount namespace where ``/etc/shadow`` gives ``self.user``
+        the password ``self.password`` (``unshare`` execs the shell, the shell execs sshd, so
+        the PID we keep is sshd's)."""
+        self.password = secrets.token_urlsafe(12)
+        hashed = subprocess.run(
+            ["openssl", "passwd", "-6", "-stdin"],
+            input=self.password,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        # Only the test user's entry: sshd reads nobody else's, and no real hash is copied.
+        shadow = h.dir / "shadow"
+        shadow.touch(mode=0o600)
+        shadow.write_text(f"{self.user}:{hashed}:19000:0:99999:7:::\n")
+        script = 'mount --bind "$0" /etc/shadow && exec "$@"'
+        return [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            str(shadow),
+            *argv,
+        ]
+
+    def _make_host(
+        self, i: int, name: str, host_key: Path, authorized: Path, password_only: bool = False
+    ) -> Host:
         addr, port = self._addr(i)
         d = self.workdir / "hosts" / name
         (d / "home").mkdir(parents=True, exist_ok=True)
@@ -232,10 +294,14 @@ class SshdCluster:
             f"HostKey {host_key}\n"
             f"PidFile {d / 'sshd.pid'}\n"
             f"AuthorizedKeysFile {authorized}\n"
-            "PermitRootLogin prohibit-password\n"
-            "PubkeyAuthentication yes\n"
-            "PasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\n"
+            + (
+                "PermitRootLogin yes\nPubkeyAuthentication no\nPasswordAuthentication yes\n"
+                if password_only
+                else "PermitRootLogin prohibit-password\n"
+                "PubkeyAuthentication yes\n"
+                "PasswordAuthentication no\n"
+            )
+            + "KbdInteractiveAuthentication no\n"
             "UsePAM no\n"
             "StrictModes no\n"
             "UseDNS no\n"

@@ -278,9 +278,13 @@ def test_host_key_policies(sshd, tmp_path: Path) -> None:
         cvs_core.Cluster(sshd.hosts, host_key_policy="yolo")
 
 
-def test_password_fails_at_construction_with_a_clear_error(sshd) -> None:
-    with pytest.raises(cvs_core.CvsError, match="password authentication is not supported"):
-        cvs_core.Cluster(sshd.hosts, user="u", password="secret")
+def test_a_password_never_prompts_on_a_key_only_host(sshd) -> None:
+    # Accepted (password auth: tests/compat/test_password_live.py); a host that refuses
+    # passwords and the key fails as auth_failed, never hangs at a prompt.
+    with cvs_core.Cluster(
+        [sshd.extra["noauth"].destination], password="secret", ssh_config=sshd.ssh_config
+    ) as cl:
+        assert cl.exec("true", timeout=20)[0].status == "auth_failed"
 
 
 def test_crashed_host_is_unreachable_and_others_unaffected(sshd, tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ use crate::error::Error;
 use crate::render::remote::{read_file_command, write_file_command};
 use crate::ssh::runtime::runtime;
 use crate::ssh::{
-    self, ConnectOptions, Event, HostKeyPolicy, HostResult, Input, JobSpec, OutputTo, Phase, Status,
+    self, ConnectOptions, Event, HostKeyPolicy, HostResult, Input, JobSpec, OutputTo, Phase,
+    Secret, Status,
 };
 
 const LOGGER: &str = "cvs_core";
@@ -460,6 +461,10 @@ impl PyResults {
 #[pyclass(frozen, module = "cvs_core", name = "Cluster")]
 pub struct PyCluster {
     pub(crate) inner: Arc<ssh::Cluster>,
+    /// Bumped by `interrupt()`: every call running at that moment is cancelled. Ctrl-C reaches
+    /// only the main thread, so a caller that runs calls on worker threads (the compat layer's
+    /// sharded path) stops them through this.
+    interrupts: watch::Sender<u64>,
 }
 
 struct Call {
@@ -489,17 +494,34 @@ impl PyCluster {
             (format!("{} on {} hosts", call.what, call.jobs.len()),),
         )?;
         let started = Instant::now();
-        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let (cancel_tx, mut cancel_rx) = watch::channel(false);
+        let (engine_tx, engine_rx) = watch::channel(false);
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let cluster = self.inner.clone();
         let jobs = call.jobs;
-        let results = wait(
-            py,
-            async move { cluster.run_many(jobs, Some(ev_tx), cancel_rx).await },
-            cancel_tx,
-            ev_rx,
-            progress,
-        )?;
+        let mut interrupts = self.interrupts.subscribe();
+        interrupts.mark_unchanged();
+        // The engine's cancel fires on this call's own Ctrl-C or on interrupt() from any thread.
+        let work = async move {
+            let run = cluster.run_many(jobs, Some(ev_tx), engine_rx);
+            tokio::pin!(run);
+            let (mut own, mut other) = (true, true);
+            loop {
+                tokio::select! {
+                    r = &mut run => return r,
+                    c = cancel_rx.changed(), if own => match c {
+                        Ok(()) if *cancel_rx.borrow() => { let _ = engine_tx.send(true); }
+                        Ok(()) => {}
+                        Err(_) => own = false,
+                    },
+                    c = interrupts.changed(), if other => match c {
+                        Ok(()) => { let _ = engine_tx.send(true); }
+                        Err(_) => other = false,
+                    },
+                }
+            }
+        };
+        let results = wait(py, work, cancel_tx, ev_rx, progress)?;
         let elapsed = started.elapsed();
         logger.call_method1(
             "info",
@@ -550,14 +572,6 @@ impl PyCluster {
         keepalive: f64,
     ) -> PyResult<Self> {
         guard(py, || {
-            if password.is_some() {
-                return Err(invalid(
-                    py,
-                    "password authentication is not supported by cvs_core.Cluster: it runs \
-                     OpenSSH in batch mode, which never prompts. Use key-based authentication \
-                     (key=... or an ssh-agent), or drop 'password' from the cluster file.",
-                ));
-            }
             let opt_path = |o: Option<&Bound<'_, PyAny>>| -> PyResult<Option<PathBuf>> {
                 o.filter(|o| !o.is_none())
                     .map(|o| path_string(py, o).map(PathBuf::from))
@@ -579,6 +593,9 @@ impl PyCluster {
                 // hanging a command until its own timeout.
                 keepalive: to_duration(py, "keepalive", Some(keepalive))?
                     .unwrap_or(Duration::from_secs(30)),
+                // Keys are preferred; a password reaches OpenSSH only through its askpass
+                // helper (src/ssh/master.rs), never a command line or the environment.
+                password: password.filter(|p| !p.is_empty()).map(Secret::new),
                 ..ConnectOptions::default()
             };
             if max_parallel == Some(0) {
@@ -587,6 +604,7 @@ impl PyCluster {
             let inner = ssh::Cluster::new(hosts, opts, max_parallel).py_err(py)?;
             Ok(PyCluster {
                 inner: Arc::new(inner),
+                interrupts: watch::channel(0).0,
             })
         })
     }
@@ -819,6 +837,13 @@ impl PyCluster {
     fn master_pids(&self, py: Python<'_>) -> PyResult<Vec<u32>> {
         let cluster = self.inner.clone();
         wait_plain(py, async move { cluster.master_pids().await })
+    }
+
+    /// Cancel every call running on this cluster, from any thread: each kills its remote
+    /// commands as Ctrl-C does and returns with its unfinished hosts `cancelled`. Later calls
+    /// are not affected.
+    fn interrupt(&self) {
+        self.interrupts.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// End every master. The cluster cannot be used afterwards.

@@ -74,6 +74,63 @@ fn summarize(log: &str) -> String {
     }
 }
 
+/// The environment variable naming the secret file for the askpass helper (a path, never the
+/// secret).
+const ASKPASS_FILE_ENV: &str = "CVS_CORE_ASKPASS_FILE";
+
+/// ssh runs `SSH_ASKPASS` with the prompt as its only argument and reads the answer on its
+/// stdout; this one prints the secret file. It lives in the cluster's private (0700) control
+/// directory.
+const ASKPASS_HELPER: &str = "#!/bin/sh\n# cvs-core: answers ssh's password prompt from a 0600 file removed after the connect\nexec cat -- \"$CVS_CORE_ASKPASS_FILE\"\n";
+
+/// A host's password in a 0600 file beside its control socket, for the duration of one master
+/// launch. OpenSSH takes a password only from a terminal or an askpass program; a file that
+/// only this user can read, removed as soon as the master is up, keeps it off every command
+/// line and environment (`ps`, `/proc/*/environ`).
+struct SecretFile {
+    path: PathBuf,
+    helper: PathBuf,
+}
+
+impl SecretFile {
+    fn write(ctl: &Path, secret: &str) -> std::io::Result<Self> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = ctl.parent().unwrap_or(Path::new("."));
+        let helper = dir.join("askpass");
+        if !helper.exists() {
+            // Per host: hosts launch concurrently.
+            let tmp = ctl.with_extension("askpass");
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o700)
+                .open(&tmp)?;
+            f.write_all(ASKPASS_HELPER.as_bytes())?;
+            drop(f);
+            // Atomic: a concurrent launch never executes a half-written helper.
+            std::fs::rename(&tmp, &helper)?;
+        }
+        let path = ctl.with_extension("pw");
+        let _ = std::fs::remove_file(&path);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(secret.as_bytes())?;
+        f.write_all(b"\n")?;
+        Ok(SecretFile { path, helper })
+    }
+}
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Launch the master for `host` with its control socket at `ctl`.
 pub async fn launch(
     opts: &ConnectOptions,
@@ -89,10 +146,27 @@ pub async fn launch(
     cmd.args(&argv)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        // A password prompt must fail, never hang: no terminal, no askpass.
-        .env_remove("SSH_ASKPASS")
-        .env("SSH_ASKPASS_REQUIRE", "never");
+        .stderr(std::process::Stdio::null());
+    // Removed when the launch returns, whatever happens: the master has authenticated (or
+    // failed) by then, and nothing else reads the secret.
+    let _secret = match &opts.password {
+        Some(password) => {
+            let file = SecretFile::write(ctl, password.expose()).map_err(|e| ConnectFailure {
+                status: Status::Error,
+                message: format!("cannot prepare password authentication: {e}"),
+            })?;
+            cmd.env("SSH_ASKPASS", &file.helper)
+                .env("SSH_ASKPASS_REQUIRE", "force")
+                .env(ASKPASS_FILE_ENV, &file.path);
+            Some(file)
+        }
+        None => {
+            // A password prompt must fail, never hang: no terminal, no askpass.
+            cmd.env_remove("SSH_ASKPASS")
+                .env("SSH_ASKPASS_REQUIRE", "never");
+            None
+        }
+    };
     // ssh enforces ConnectTimeout itself (TCP connect and banner); the outer bound only guards
     // against an ssh that hangs in a way it does not time (a stuck ProxyCommand, say).
     let guard = opts.connect_timeout * 3 + Duration::from_secs(5);

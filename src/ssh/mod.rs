@@ -16,5 +16,5 @@ pub mod runtime;
 
 pub use cluster::{Cluster, Event, EventSink, Phase};
 pub use job::{Input, JobSpec, OutputTo};
-pub use options::{ConnectOptions, HostKeyPolicy};
+pub use options::{ConnectOptions, HostKeyPolicy, Secret};
 pub use result::{Group, HostResult, Status, fold};

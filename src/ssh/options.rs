@@ -31,6 +31,28 @@ impl HostKeyPolicy {
     }
 }
 
+/// A password for OpenSSH's password authentication. It reaches ssh only through its askpass
+/// helper (see `master::launch`): never a command line, the environment or a log line, and
+/// `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
     pub user: Option<String>,
@@ -52,6 +74,8 @@ pub struct ConnectOptions {
     pub kex: Option<String>,
     /// The `ssh` program.
     pub ssh_program: PathBuf,
+    /// Password authentication (keys are preferred): ssh may ask, through the askpass helper.
+    pub password: Option<Secret>,
 }
 
 impl Default for ConnectOptions {
@@ -69,6 +93,7 @@ impl Default for ConnectOptions {
             idle_timeout: Duration::from_secs(600),
             kex: None,
             ssh_program: PathBuf::from("ssh"),
+            password: None,
         }
     }
 }
@@ -126,7 +151,16 @@ pub fn master_argv(opts: &ConnectOptions, host: &str, ctl: &Path, log: &Path) ->
         argv.push(o);
     };
     opt(format!("ControlPersist={}", secs(opts.idle_timeout)));
-    opt("BatchMode=yes".into());
+    if opts.password.is_some() {
+        // Batch mode forbids every prompt, askpass included. One prompt: a wrong password is
+        // an authentication failure at once, not three rounds of the same answer. The secret
+        // itself never appears here (see master::launch).
+        opt("BatchMode=no".into());
+        opt("PasswordAuthentication=yes".into());
+        opt("NumberOfPasswordPrompts=1".into());
+    } else {
+        opt("BatchMode=yes".into());
+    }
     opt(format!("ConnectTimeout={}", secs(opts.connect_timeout)));
     opt(format!("ServerAliveInterval={}", secs(opts.keepalive)));
     opt("ServerAliveCountMax=3".into());
@@ -239,6 +273,28 @@ mod tests {
             assert!(joined.contains(want), "{want} not in {joined}");
         }
         assert_eq!(&argv[argv.len() - 2..], ["--", "h1"]);
+    }
+
+    #[test]
+    fn password_allows_one_askpass_prompt_and_never_shows_the_secret() {
+        let opts = ConnectOptions {
+            password: Some(Secret::new("hunter2".into())),
+            ..ConnectOptions::default()
+        };
+        let joined = master_argv(&opts, "h", Path::new("s"), Path::new("l")).join(" ");
+        assert!(joined.contains("-o BatchMode=no"));
+        assert!(joined.contains("-o PasswordAuthentication=yes"));
+        assert!(joined.contains("-o NumberOfPasswordPrompts=1"));
+        assert!(!joined.contains("BatchMode=yes"));
+        assert!(!joined.contains("hunter2"));
+        assert!(!format!("{opts:?}").contains("hunter2"));
+        let keys = master_argv(
+            &ConnectOptions::default(),
+            "h",
+            Path::new("s"),
+            Path::new("l"),
+        );
+        assert!(keys.join(" ").contains("-o BatchMode=yes"));
     }
 
     #[test]

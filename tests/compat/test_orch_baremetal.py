@@ -353,3 +353,29 @@ def test_distribute_using_mpi_runs_on_head_with_500s(bare) -> None:
         "--np 3 --allow-run-as-root --hostfile /tmp/mpi_hosts.txt -x A=b r"
     )
     assert final.kwargs == {"timeout": 500, "detailed": False}
+
+
+def test_state_methods_work_with_init_replaced(log) -> None:
+    # Seams §3: CVS's callers build an orchestrator with __init__ patched out and set its
+    # attributes; private helper state (subset handles, the sudo cache) is created on first use.
+    with mock.patch.object(baremetal.BaremetalOrchestrator, "__init__", return_value=None):
+        orch = baremetal.BaremetalOrchestrator(log, None)
+    orch.log, orch.hosts, orch.head_node = log, list(HOSTS), HOSTS[0]
+    orch.user, orch.pkey, orch.password, orch.stop_on_errors = "u", "k", None, False
+    orch.all, orch.head = mock.MagicMock(name="all"), mock.MagicMock(name="head")
+    orch.all.exec.return_value = {h: "0\n" for h in HOSTS}
+    assert orch.sudo_prefix() == "sudo -n "
+    assert orch.sudo_prefix() == "sudo -n " and orch.all.exec.call_count == 1  # cached
+    with mock.patch.object(baremetal, "Pssh") as cls:
+        cls.return_value.exec.return_value = {HOSTS[1]: "x"}
+        assert orch.exec("c", hosts=[HOSTS[1]]) == {HOSTS[1]: "x"}
+    cls.assert_called_once_with(
+        log,
+        [HOSTS[1]],
+        user="u",
+        password=None,
+        pkey="k",
+        host_key_check=False,
+        stop_on_errors=False,
+    )
+    assert orch.cleanup(None) is True

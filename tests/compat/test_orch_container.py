@@ -254,11 +254,22 @@ def test_verify_failure_message_has_both_wordings(make_container) -> None:
     )
 
 
-def test_verify_host_missing_from_probe_is_probe_failed(make_container) -> None:
+def test_O1c_verify_decides_over_the_probe_hosts(make_container) -> None:
+    # Seams O1c (updated: compat used to count a host missing from the probe as failed).
     orch = make_container("no_launch")
     orch.runtime.is_running.return_value = dict(list(running(True, True, True).items())[:2])
-    assert orch.verify_containers_running("cvs_c") is False
-    assert "probe failed on ['10.0.0.3']" in logged(orch.log.error)[0]
+    assert orch.verify_containers_running("cvs_c") is True
+    (warning,) = logged(orch.log.warning)
+    assert "no result for configured hosts ['10.0.0.3']" in warning
+    orch.runtime.is_running.return_value = {
+        **running(True, True, True),
+        "10.9.9.9": {"running": False, "exit_code": 0, "name": ""},
+    }
+    assert orch.verify_containers_running("cvs_c") is False  # a probe host outside self.hosts
+    assert "10.9.9.9" in logged(orch.log.error)[0]
+    orch.container_id = None
+    orch.runtime.is_running.return_value = {}
+    assert orch.verify_containers_running("cvs_c") is True and orch.container_id == "cvs_c"
 
 
 def test_verify_success_sets_container_id(make_container) -> None:
@@ -310,12 +321,41 @@ def test_persistent_partial_refuses(make_container) -> None:
     )
 
 
+def test_O1a_persistent_decides_over_the_probe_hosts(make_container) -> None:
+    # Seams O1a: a configured host missing from the probe is ignored (named in a warning): the
+    # others all run, so setup attaches; an empty probe is a cold launch, as in CVS.
+    orch = make_container("persistent")
+    orch.runtime.is_running.return_value = running(True, True)
+    orch.runtime.image_sha_status.return_value = {
+        h: {"container_sha": "sha256:a", "image_sha": "sha256:a"} for h in HOSTS[:2]
+    }
+    assert orch.setup_containers() is True and orch.container_id == "cvs_c"
+    orch.runtime.setup_containers.assert_not_called()
+    assert any("no result for configured hosts ['10.0.0.3']" in w for w in logged(orch.log.warning))
+    cold = make_container("persistent", setup_script=None)
+    cold.container_config.pop("setup_script", None)
+    cold.runtime.is_running.return_value = {}
+    cold.runtime.setup_containers.return_value = True
+    assert cold.setup_containers() is True
+    cold.runtime.setup_containers.assert_called_once()
+
+
+def test_O1b_image_check_over_the_probe_hosts(make_container) -> None:
+    orch = make_container("persistent")
+    orch.runtime.is_running.return_value = running(True, True, True)
+    orch.runtime.image_sha_status.return_value = {
+        HOSTS[0]: {"container_sha": "sha256:a", "image_sha": "sha256:a"}
+    }
+    assert orch.setup_containers() is True
+    orch.runtime.image_sha_status.return_value = {}
+    assert orch.setup_containers() is True
+
+
 @pytest.mark.parametrize(
     "probe",
     [
         running(255, 255, 255),  # every probe failed: CVS fa4ca32e cold-started (rm -f!)
         running(False, 1, False),  # absent + one failed probe
-        running(True, True),  # a host did not answer at all
         mock.MagicMock(),  # nothing readable
     ],
 )
@@ -557,11 +597,20 @@ def test_sshd_precheck_pattern_does_not_match_its_own_shell() -> None:
         assert "rc=1" in proc.stdout  # the self-matching 'sshd.*2224' would have said 0
 
 
-def test_sshd_host_missing_from_precheck_needs_setup(sshd) -> None:
-    sshd.exec.side_effect = [dict(list(ok().items())[:2])] + [ok(HOSTS[2])] * 6 + [ok()]
+def test_O1d_sshd_host_missing_from_precheck_is_ignored(sshd) -> None:
+    # Seams O1d (updated: compat used to start sshd on a host missing from the precheck).
+    sshd.exec.side_effect = [dict(list(ok().items())[:2])]
+    assert sshd.setup_sshd() is True and sshd.exec.call_count == 1
+    assert "no result for configured hosts ['10.0.0.3']" in logged(sshd.log.warning)[0]
+    sshd.exec.reset_mock()
+    sshd.exec.side_effect = [{}]
+    assert sshd.setup_sshd() is True and sshd.exec.call_count == 1  # {}: already running
+    # each step and the validation check only the items of their own result
+    sshd.exec.reset_mock()
+    sshd.exec.side_effect = [fail_on(HOSTS[0])] + [{}] * 6 + [ok(HOSTS[1])]
     with mock.patch("time.sleep"):
         assert sshd.setup_sshd() is True
-    assert sshd.exec.call_args_list[1].kwargs["hosts"] == [HOSTS[2]]
+    assert sshd.exec.call_count == 8
 
 
 def test_sshd_setup_command_failure_stops(sshd) -> None:
@@ -757,3 +806,16 @@ def test_listen_probe_against_a_real_socket() -> None:
         timeout=10,
     ).stdout
     assert not container.sshd_port_listen_ok(out), out
+
+
+def test_C7_launch_containers_call_form(make_container) -> None:
+    # Seams C7: per_run and the persistent cold start call _launch_containers with CVS's seven
+    # launch arguments, positionally; the container name is derived inside.
+    for lifetime, probe in (("per_run", None), ("persistent", {})):
+        orch = make_container(lifetime)
+        orch.runtime.is_running.return_value = probe
+        with mock.patch.object(
+            container.ContainerOrchestrator, "_launch_containers", return_value=True
+        ) as launch:
+            assert orch.setup_containers(volumes=["/v:/v"]) is True
+        launch.assert_called_once_with(["/v:/v"], None, None, None, None, None, None)

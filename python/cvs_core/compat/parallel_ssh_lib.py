@@ -3,14 +3,16 @@
 ``Pssh`` is ``MultiProcessPssh`` (what CVS's orchestrator and most modules use). ``__all__``
 carries the names 23 CVS modules pull in with ``import *``: the pssh exception types
 ``Timeout``, ``ConnectionError`` (the built-in, as in parallel-ssh 2.x) and ``SessionError``
-from ``cvs_core.compat.parallel.exceptions`` (parallel-ssh is not a dependency), and a
-``ParallelSSHClient`` that only explains itself: cvs_core has no parallel-ssh client.
+(parallel-ssh's own classes when it is importable, see ``parallel.exceptions``), and
+``ParallelSSHClient``: cvs-core's parallel-ssh-shaped client (``parallel.client``), the one
+``Pssh`` drives, so code that builds one directly runs on cvs-core's engine.
 """
 
 from __future__ import annotations
 
 import warnings
 
+from .parallel.client import ParallelSSHClient
 from .parallel.config import ParallelConfig
 from .parallel.exceptions import ConnectionError, SessionError, Timeout
 from .parallel.multiprocess_pssh import MultiProcessPssh
@@ -24,17 +26,6 @@ warnings.warn(
 )
 
 Pssh = MultiProcessPssh
-
-
-class ParallelSSHClient:
-    """Placeholder for parallel-ssh's client, which cvs_core does not ship."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        raise NotImplementedError(
-            "parallel-ssh's ParallelSSHClient is not available under cvs_core: use Pssh "
-            "(cvs.lib.parallel.Pssh / MultiProcessPssh) for parallel commands and file "
-            "transfers, or cvs_core.Cluster directly."
-        )
 
 
 __all__ = [

@@ -45,6 +45,8 @@ MPI_HOSTFILE = "/tmp/mpi_hosts.txt"
 SUDO_PROBE_CMD = "sudo -n true >/dev/null 2>&1; echo $?"
 # Distinct host subsets whose handles are kept; the least recently used one is closed beyond.
 MAX_SUBSET_HANDLES = 16
+# Guards the first creation of an orchestrator's private state.
+_PRIVATE_LOCK = threading.Lock()
 
 
 def _destroy(handle: Any, log: Any) -> None:
@@ -94,11 +96,6 @@ class BaremetalOrchestrator(Orchestrator):
         self.user = config.get("username")
         self.pkey = config.get("priv_key_file")
         self.password = config.get("password")
-        # CVS main's sudo_prefix() cache: None = not probed yet.
-        self._needs_sudo: bool | None = None
-        self._sudo_unknown = False
-        self._subset_handles: OrderedDict[tuple[str, ...], Any] = OrderedDict()
-        self._subset_lock = threading.Lock()
         self.head = Pssh(
             log,
             [self.head_node],
@@ -117,6 +114,26 @@ class BaremetalOrchestrator(Orchestrator):
             host_key_check=False,
             stop_on_errors=self.stop_on_errors,
         )
+
+    # -- private state, created on first use ------------------------------------------------
+    # Callers build orchestrators with __init__ replaced and set CVS's attributes by hand
+    # (seams §3), so nothing below may rely on __init__ having run.
+    def _private(self, name: str, make: Any) -> Any:
+        value = self.__dict__.get(name)
+        if value is None:
+            with _PRIVATE_LOCK:
+                value = self.__dict__.get(name)
+                if value is None:
+                    value = self.__dict__[name] = make()
+        return value
+
+    @property
+    def _subset_lock(self) -> threading.Lock:
+        return self._private("_cvs_core_subset_lock", threading.Lock)
+
+    @property
+    def _subset_handles(self) -> OrderedDict[tuple[str, ...], Any]:
+        return self._private("_cvs_core_subset_handles", OrderedDict)
 
     # -- command execution -----------------------------------------------------------------
     def exec(
@@ -216,7 +233,9 @@ class BaremetalOrchestrator(Orchestrator):
         return handle, False
 
     def close(self) -> None:
-        """Close every connection this orchestrator holds (later calls reconnect)."""
+        """Close every connection this orchestrator holds. ``head`` and ``all`` are destroyed
+        as CVS's ``destroy_clients()`` does (their ``client`` is dropped), so the orchestrator
+        is not usable afterwards."""
         self._close_subset_handles()
         for handle in (self.head, self.all):
             _destroy(handle, self.log)
@@ -235,15 +254,18 @@ class BaremetalOrchestrator(Orchestrator):
         Probed once over all hosts; when hosts disagree the head node's answer wins (with a
         warning). If the probe gives nothing readable, CVS fa4ca32e's literal ``'sudo '``.
         """
-        if self._needs_sudo is None and not self._sudo_unknown:
+        # CVS main's cache (_needs_sudo; None = not probed yet), read with getattr: the
+        # attribute is absent when __init__ was replaced.
+        if getattr(self, "_needs_sudo", None) is None and not getattr(self, "_sudo_unknown", False):
             answer = self._probe_passwordless_sudo()
             if answer is None:
                 self._sudo_unknown = True
             else:
                 self._needs_sudo = answer
-        if self._needs_sudo is None:
+        needs = getattr(self, "_needs_sudo", None)
+        if needs is None:
             return "sudo "
-        return "sudo -n " if self._needs_sudo else ""
+        return "sudo -n " if needs else ""
 
     def _probe_passwordless_sudo(self) -> bool | None:
         out = self.all.exec(SUDO_PROBE_CMD)

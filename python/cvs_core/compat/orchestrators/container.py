@@ -79,6 +79,10 @@ def _probe_table(status: Any) -> dict[str, dict[str, Any]]:
     return {h: v for h, v in status.items() if isinstance(h, str) and isinstance(v, dict)}
 
 
+def _hosts_of(status: dict[str, dict[str, Any]]) -> list[str]:
+    return list(status)
+
+
 class ContainerOrchestrator(BaremetalOrchestrator):
     """Runs commands inside one container per host, started and kept per ``container.lifetime``."""
 
@@ -194,16 +198,37 @@ class ContainerOrchestrator(BaremetalOrchestrator):
             return self.verify_containers_running(container_name)
         if lifetime == "persistent":
             return self._setup_persistent(container_name, image, launch)
-        return self._launch_containers(container_name, **launch)
+        return self._launch_containers(*launch.values())
+
+    def _answered(self, raw: Any, status: dict[str, dict[str, Any]], what: str) -> list[str]:
+        """The hosts CVS decides over: those present in the probe's results (a configured host
+        missing from them is ignored, as CVS does, with a warning naming it). A host that is
+        present but whose probe failed still refuses a persistent setup (cvs-core's fix), and so
+        does an answer that is not a result at all (every configured host counts as failed)."""
+        if not isinstance(raw, dict):
+            return list(getattr(self, "hosts", None) or ())
+        missing = [h for h in getattr(self, "hosts", None) or () if h not in status]
+        if missing:
+            self.log.warning(
+                f"{what}: no result for configured hosts {missing}; deciding over the hosts "
+                f"that answered {_hosts_of(status)}"
+            )
+        return _hosts_of(status)
 
     def _setup_persistent(self, container_name: str, image: str, launch: dict[str, Any]) -> bool:
-        status = _probe_table(self.runtime.is_running(container_name))
+        raw = self.runtime.is_running(container_name)
+        status = _probe_table(raw)
+        hosts = self._answered(raw, status, f"Persistent container '{container_name}' probe")
+        if not hosts:
+            # CVS: running nowhere, so a cold start.
+            self.log.info("Persistent container not running on any host, launching...")
+            return self._launch_containers(*launch.values())
         decision = cvs_core.decide_setup(
-            "persistent", status, hosts=self.hosts, name=container_name, image=image
+            "persistent", status, hosts=hosts, name=container_name, image=image
         )
         if decision.kind == "launch":
             self.log.info(decision.message)
-            return self._launch_containers(container_name, **launch)
+            return self._launch_containers(*launch.values())
         if decision.kind == "need_image_status":
             self.container_id = container_name
             self.log.info(
@@ -223,17 +248,21 @@ class ContainerOrchestrator(BaremetalOrchestrator):
     def _verify_persistent_image(self, container_name: str, image: str) -> bool:
         """Attach only if every host's running image is known and the same (warn if the local
         tag moved on since: the overlay may be stale)."""
-        images = _probe_table(self.runtime.image_sha_status(container_name, image))
-        running = {h: {"running": True, "exit_code": 0, "name": container_name} for h in self.hosts}
+        raw = self.runtime.image_sha_status(container_name, image)
+        images = _probe_table(raw)
+        hosts = self._answered(raw, images, f"Image check of container '{container_name}'")
+        if not hosts:
+            return True  # CVS: nothing unreadable and no skew
+        running = {h: {"running": True, "exit_code": 0, "name": container_name} for h in hosts}
         decision = cvs_core.decide_setup(
-            "persistent", running, images, hosts=self.hosts, name=container_name, image=image
+            "persistent", running, images, hosts=hosts, name=container_name, image=image
         )
         if decision.kind == "refuse_unreadable_sha":
             self.log.error(decision.message)
             return False
         if decision.kind == "refuse_image_skew":
             # CVS logs each host's stale-image warning before the skew error.
-            for host in self.hosts:
+            for host in hosts:
                 one = cvs_core.decide_setup(
                     "persistent",
                     {host: running[host]},
@@ -251,7 +280,6 @@ class ContainerOrchestrator(BaremetalOrchestrator):
 
     def _launch_containers(
         self,
-        container_name: str,
         volumes: Sequence[str] | None = None,
         devices: Sequence[str] | None = None,
         capabilities: Sequence[str] | None = None,
@@ -260,7 +288,11 @@ class ContainerOrchestrator(BaremetalOrchestrator):
         groups: Sequence[str] | None = None,
         ulimits: Sequence[str] | None = None,
     ) -> bool:
-        """Start fresh containers on every host, then run the setup script in them."""
+        """Start fresh containers on every host, then run the setup script in them. CVS's
+        call form: the seven launch arguments positionally; the name is derived here."""
+        container_name = self.get_container_name(
+            self.container_config, self.container_config.get("image")
+        )
         # Set before launching (CVS): a per_run teardown then removes a half-started set.
         self.container_id = container_name
         volumes = self.get_volumes() if volumes is None else volumes
@@ -357,9 +389,10 @@ class ContainerOrchestrator(BaremetalOrchestrator):
         precheck_cmd = cvs_core.sshd_precheck_command(self.ssh_port)
         precheck = self.exec(precheck_cmd, timeout=SSHD_STEP_TIMEOUT_S, detailed=True)
         answers = precheck if isinstance(precheck, dict) else {}
-        # A host the precheck did not answer for has not shown that sshd runs there.
+        # CVS: the hosts of the precheck's results; one that is missing is named in a warning.
+        answered = self._answered(precheck, answers, "SSH daemon precheck")
         needing = cvs_core.hosts_needing_sshd(
-            {h: answers[h] if isinstance(answers.get(h), (dict, int)) else -1 for h in self.hosts}
+            {h: answers[h] if isinstance(answers.get(h), (dict, int)) else -1 for h in answered}
         )
         if not needing:
             self.log.info("SSH daemon already running on all hosts, skipping setup")
@@ -367,14 +400,14 @@ class ContainerOrchestrator(BaremetalOrchestrator):
         for cmd in cvs_core.sshd_setup_commands(self.ssh_port):
             results = self.exec(cmd, hosts=needing, timeout=SSHD_STEP_TIMEOUT_S, detailed=True)
             results = results if isinstance(results, dict) else {}
-            for host in needing:
+            for host in results:  # CVS checks the items of each step's own result
                 if _exit_code(results.get(host)) != 0:
                     self.log.error(f"SSH setup command failed on {host}: {cmd}")
                     return False
         time.sleep(SSHD_SETTLE_S)
         validation = self.exec(precheck_cmd, timeout=SSHD_STEP_TIMEOUT_S, detailed=True)
         validation = validation if isinstance(validation, dict) else {}
-        for host in self.hosts:
+        for host in validation:
             if _exit_code(validation.get(host)) != 0:
                 self.log.error(f"SSH daemon validation failed on {host}")
                 return False
@@ -383,8 +416,13 @@ class ContainerOrchestrator(BaremetalOrchestrator):
 
     def verify_containers_running(self, container_name: str) -> bool:
         """True, and ``container_id`` set, when the container runs on every host."""
-        status = _probe_table(self.runtime.is_running(container_name))
-        decision = cvs_core.decide_setup("no_launch", status, hosts=self.hosts, name=container_name)
+        raw = self.runtime.is_running(container_name)
+        status = _probe_table(raw)
+        hosts = self._answered(raw, status, f"Container '{container_name}' probe")
+        if not hosts:
+            self.container_id = container_name  # CVS: nothing failed
+            return True
+        decision = cvs_core.decide_setup("no_launch", status, hosts=hosts, name=container_name)
         if decision.kind == "verify_ok":
             self.log.info(decision.message)
             self.container_id = container_name

@@ -1,39 +1,37 @@
 """CVS's ``cvs.lib.parallel.multiprocess_pssh``: ``MultiProcessPssh``, the ``Pssh`` every CVS
 module actually gets (``cvs.lib.parallel_ssh_lib.Pssh``).
 
-The constructor and both attribute sets are CVS's (contract §2.4): with more hosts than
-``config.hosts_per_shard`` (``CVS_HOSTS_PER_SHARD``, default 32; 0 disables) the handle looks
-sharded (``pssh is None``, ``client is None``, ``sharder``, ``user``, ``env_prefix``, ...),
-otherwise it wraps ``self.pssh``.
+Construction, attributes and dispatch are CVS's (contract §2.4, seams §2 C2, §3, §6): with more
+hosts than ``config.hosts_per_shard`` (``CVS_HOSTS_PER_SHARD``, default 32; 0 disables) the
+handle is sharded (``self._init_sharded(...)``, ``self.sharder = PsshSharder(self.config)``,
+``self.pssh = None``: no ``Pssh`` and no connection at construction), otherwise it wraps
+``self.pssh = Pssh(...)``. Every sharded operation builds CVS's payloads and calls
+``self.sharder.execute_sharded(payloads)`` once, then merges; every method reads only the
+attributes CVS's reads, so doubles of ``Pssh``, ``PsshSharder`` or ``_init_sharded`` work.
 
-What changed: NO processes are ever spawned. Every host count runs in-process through one
-``Pssh`` on one ``cvs_core.Cluster`` (connections kept across calls), because the engine has no
-per-process host ceiling: CVS's spawn pool paid an interpreter start, imports and fresh SSH
-connects per call. In "sharded" mode that ``Pssh`` is private (``_engine``) and takes the
-wrapper's ``stop_on_errors`` and ``env_vars`` at each call, since callers reassign them on the
-wrapper. Bugs of the sharded path fixed on the way (contract §1.4, §2.4, §9.6): previously
-pruned hosts are still reported (``ABORT: Host Unreachable Error``) instead of vanishing;
-``detailed=True`` with ``print_console=True`` works; ``exec_cmd_list`` and ``upload_file_list``
-work on subsets and after pruning.
+What changed is under the seam: ``PsshSharder.execute_sharded`` runs the shards in this process
+over one engine kept across calls (no process pool, no reconnect per call). Fixed on the way
+(contract §1.4, §9.6): the sharded path reports previously pruned hosts
+(``ABORT: Host Unreachable Error``) instead of dropping them, and ``detailed=True`` with
+``print_console=True`` no longer crashes.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .config import ParallelConfig
 from .interfaces import ShardableSshInterface
-from .pssh import BANNER, Pssh, build_env_prefix
+from .pssh import BANNER, UNREACHABLE_ABORT, Pssh, build_env_prefix
 from .pssh_sharder import PsshSharder
 
 __all__ = ["MultiProcessPssh"]
 
 
 class MultiProcessPssh(ShardableSshInterface):
-    """CVS's sharding ``Pssh`` wrapper, running every host count in-process."""
+    """CVS's sharding ``Pssh`` wrapper, running every host count in this process."""
 
     def __init__(
         self,
@@ -48,7 +46,10 @@ class MultiProcessPssh(ShardableSshInterface):
         config: ParallelConfig | None = None,
         **ssh_client_kwargs: Any,
     ) -> None:
-        self.config = config if config is not None else ParallelConfig.from_env()
+        self.config = config or ParallelConfig.from_env()
+        # CVS's globals.log (the root logger), whatever `log` was given.
+        self.log = logging.getLogger()
+        self.ssh_client_kwargs = ssh_client_kwargs
         shards = self.config.hosts_per_shard
         if shards > 0 and len(host_list) > shards:
             self._init_sharded(
@@ -65,7 +66,6 @@ class MultiProcessPssh(ShardableSshInterface):
             self.sharder = PsshSharder(self.config)
             self.pssh = None
         else:
-            # Positional, as CVS (so a non-None log warns from Pssh, as it did).
             self.pssh = Pssh(
                 log,
                 host_list,
@@ -75,15 +75,13 @@ class MultiProcessPssh(ShardableSshInterface):
                 host_key_check,
                 stop_on_errors,
                 env_vars,
-                True,
+                process_output=True,
                 **ssh_client_kwargs,
             )
             self.host_list = host_list  # the caller's object, as CVS (#176)
             self.reachable_hosts = list(host_list)
             self.unreachable_hosts: list[str] = []
             self.env_vars = env_vars
-            self.ssh_client_kwargs = ssh_client_kwargs
-            self.log = logging.getLogger()
 
     def _init_sharded(
         self,
@@ -97,15 +95,8 @@ class MultiProcessPssh(ShardableSshInterface):
         env_vars: Mapping[str, Any] | None,
         **ssh_client_kwargs: Any,
     ) -> None:
-        if log is not None:
-            warnings.warn(
-                "MultiProcessPssh's 'log' argument is deprecated and ignored: output is logged "
-                "through the root logger (globals.log)",
-                DeprecationWarning,
-                stacklevel=3,
-            )
         self.log = logging.getLogger()
-        self.host_list = list(host_list)
+        self.host_list = host_list
         self.reachable_hosts = list(host_list)
         self.unreachable_hosts = []
         self.user = user
@@ -116,36 +107,10 @@ class MultiProcessPssh(ShardableSshInterface):
         self.env_vars = env_vars
         self.ssh_client_kwargs = ssh_client_kwargs
         self.env_prefix = build_env_prefix(env_vars)
+        self.process_output = True
         self.client = None
-        # The one in-process handle doing the work CVS spread over spawned worker processes.
-        self._engine = Pssh(
-            None,
-            self.host_list,
-            user,
-            password,
-            pkey,
-            host_key_check,
-            stop_on_errors,
-            env_vars,
-            True,
-            **ssh_client_kwargs,
-        )
 
     # -- plumbing ----------------------------------------------------------------------------
-    @property
-    def _sharded(self) -> bool:
-        return self.pssh is None
-
-    def _inner(self) -> Pssh:
-        if self.pssh is not None:
-            return self.pssh
-        # CVS's workers were built from the wrapper's attributes at every call, and applied
-        # build_env_prefix(env_vars) themselves (the wrapper's env_prefix only fed its logs).
-        engine = self._engine
-        engine.stop_on_errors = self.stop_on_errors
-        engine.env_prefix = build_env_prefix(self.env_vars)
-        return engine
-
     def _shard_init_kwargs(self) -> dict[str, Any]:
         return {
             "log": None,
@@ -159,23 +124,37 @@ class MultiProcessPssh(ShardableSshInterface):
         }
 
     def _sync_pssh_state(self) -> None:
-        inner = self.pssh if self.pssh is not None else self._engine
-        with inner._lock:
-            self.reachable_hosts = list(inner.reachable_hosts)
-            self.unreachable_hosts = list(inner.unreachable_hosts)
+        self.reachable_hosts = list(self.pssh.reachable_hosts)
+        self.unreachable_hosts = list(self.pssh.unreachable_hosts)
 
     def _merge_shard_returns(
-        self, shard_returns: Sequence[Mapping[str, Any] | None], merge_unreachable: bool = True
+        self, shard_returns: Sequence[Mapping[str, Any]], merge_unreachable: bool = True
     ) -> dict[str, Any]:
-        parts = [p or {} for p in shard_returns]
-        reachable = {h for p in parts for h in p.get("reachable_hosts") or ()}
+        reachable: set[str] = set()
+        for shard in shard_returns:
+            reachable.update(shard["reachable_hosts"])
         self.reachable_hosts = [h for h in self.host_list if h in reachable]
         if merge_unreachable:
-            for p in parts:
-                for h in p.get("unreachable_hosts") or ():
-                    if h not in self.unreachable_hosts:
-                        self.unreachable_hosts.append(h)
-        return PsshSharder.merge_results([p.get("result") for p in parts], self.host_list)
+            for shard in shard_returns:
+                for host in shard["unreachable_hosts"]:
+                    if host not in self.unreachable_hosts:
+                        self.unreachable_hosts.append(host)
+        merged: dict[str, Any] = {}
+        for shard in shard_returns:
+            merged.update(shard.get("result") or {})
+        return {h: merged[h] for h in self.host_list if h in merged}
+
+    def _report_pruned(self, cmd_output: dict[str, Any], detailed: bool) -> dict[str, Any]:
+        """Fixed (contract §1.4): CVS's shards never saw the hosts pruned by earlier calls, so
+        they vanished from the output; they are reported as in the non-sharded path."""
+        for host in self.unreachable_hosts:
+            if host in cmd_output:
+                continue
+            if detailed:
+                cmd_output[host] = {"output": UNREACHABLE_ABORT, "exit_code": -1}
+            else:
+                cmd_output[host] = UNREACHABLE_ABORT
+        return cmd_output
 
     def _print_merged_outputs(
         self,
@@ -187,19 +166,26 @@ class MultiProcessPssh(ShardableSshInterface):
     ) -> None:
         """Re-emit the per-host log lines for merged results. Fixed: CVS called
         ``.splitlines()`` on ``detailed=True`` entries (dicts) and crashed."""
+        if not print_console:
+            return
         log = self.log
-        hosts = list(cmd_hosts) if cmd_hosts is not None else list(cmd_output)
-        per_host = dict(zip(hosts, cmd_list)) if cmd_list else {}
-        for host in cmd_output:
+        per_host = dict(zip(cmd_hosts, cmd_list)) if cmd_list and cmd_hosts else {}
+        for host, value in cmd_output.items():
             log.info(BANNER)
             log.info(f"Host == {host} ==")
             log.info(BANNER)
             log.debug(per_host.get(host, cmd))
-            if print_console:
-                value = cmd_output[host]
-                text = value.get("output", "") if isinstance(value, Mapping) else value
-                for line in str(text).splitlines():
-                    log.info(line)
+            text = value.get("output", "") if isinstance(value, Mapping) else value
+            for line in str(text).splitlines():
+                log.info(line)
+
+    def _sharded_call(self, operation: str, merge_unreachable: bool = True, **op_args: Any) -> Any:
+        chunks = list(self.sharder.chunk_hosts(self.reachable_hosts))
+        payloads = self.sharder.create_payloads(
+            operation, chunks, self._shard_init_kwargs(), **op_args
+        )
+        returns = self.sharder.execute_sharded(payloads)
+        return self._merge_shard_returns(returns, merge_unreachable=merge_unreachable)
 
     # -- operations --------------------------------------------------------------------------
     def exec(
@@ -210,16 +196,18 @@ class MultiProcessPssh(ShardableSshInterface):
         detailed: bool = False,
         inactivity_timeout: float | None = None,
     ) -> dict[str, Any]:
-        try:
-            return self._inner().exec(
-                cmd,
-                timeout=timeout,
-                print_console=print_console,
-                detailed=detailed,
-                inactivity_timeout=inactivity_timeout,
+        extra = {} if inactivity_timeout is None else {"inactivity_timeout": inactivity_timeout}
+        if self.pssh is not None:
+            out = self.pssh.exec(
+                cmd, timeout=timeout, print_console=print_console, detailed=detailed, **extra
             )
-        finally:
             self._sync_pssh_state()
+            return out
+        out = self._sharded_call("exec", cmd=cmd, timeout=timeout, detailed=detailed, **extra)
+        self._report_pruned(out, detailed)
+        full_cmd = f"{self.env_prefix} ; {cmd}" if self.env_prefix else cmd
+        self._print_merged_outputs(out, cmd=full_cmd, cmd_list=None, print_console=print_console)
+        return out
 
     def exec_cmd_list(
         self,
@@ -228,24 +216,46 @@ class MultiProcessPssh(ShardableSshInterface):
         print_console: bool = True,
         inactivity_timeout: float | None = None,
     ) -> dict[str, str]:
-        if self._sharded and len(cmd_list) not in (
-            len(self.host_list),
-            len(self.reachable_hosts),
-        ):
+        extra = {} if inactivity_timeout is None else {"inactivity_timeout": inactivity_timeout}
+        if self.pssh is not None:
+            out = self.pssh.exec_cmd_list(
+                cmd_list, timeout=timeout, print_console=print_console, **extra
+            )
+            self._sync_pssh_state()
+            return out
+        if len(cmd_list) == len(self.host_list):
+            by_host = dict(zip(self.host_list, cmd_list))
+        elif len(cmd_list) == len(self.reachable_hosts):
+            by_host = dict(zip(self.reachable_hosts, cmd_list))
+        else:
             raise ValueError(
                 "cmd_list length must match host_list length or reachable_hosts length "
                 f"(cmd_list={len(cmd_list)}, host_list={len(self.host_list)}, "
                 f"reachable_hosts={len(self.reachable_hosts)})"
             )
-        try:
-            return self._inner().exec_cmd_list(
-                cmd_list,
-                timeout=timeout,
-                print_console=print_console,
-                inactivity_timeout=inactivity_timeout,
+        hosts = list(self.reachable_hosts)
+        size = self.config.hosts_per_shard
+        init = self._shard_init_kwargs()
+        payloads = []
+        for start in range(0, len(hosts), size):
+            chunk = hosts[start : start + size]
+            payloads.append(
+                self.sharder.create_payloads(
+                    "exec_cmd_list",
+                    [chunk],
+                    init,
+                    cmd_list=[by_host[h] for h in chunk],
+                    timeout=timeout,
+                    **extra,
+                )[0]
             )
-        finally:
-            self._sync_pssh_state()
+        returns = self.sharder.execute_sharded(payloads)
+        out = self._merge_shard_returns(returns)
+        self._report_pruned(out, False)
+        prefix = self.env_prefix
+        sent = [f"{prefix} ; {by_host[h]}" if prefix else by_host[h] for h in hosts]
+        self._print_merged_outputs(out, cmd_list=sent, cmd_hosts=hosts, print_console=print_console)
+        return out
 
     def scp_file(self, local_file: str, remote_file: str, recurse: bool = False) -> Any:
         self.log.info(f"About to copy local file {local_file} to remote {remote_file} on all Hosts")
@@ -253,17 +263,36 @@ class MultiProcessPssh(ShardableSshInterface):
 
     def upload_file(self, local_file: str, remote_file: str, recurse: bool = False) -> Any:
         """None, or ``{}`` on a sharded handle (CVS's return values)."""
-        try:
-            self._inner().upload_file(local_file, remote_file, recurse=recurse)
-        finally:
-            self._sync_pssh_state()
-        return {} if self._sharded else None
+        if self.pssh is not None:
+            self.pssh.upload_file(local_file, remote_file, recurse=recurse)
+            return None
+        return self._sharded_call(
+            "upload_file", local_file=local_file, remote_file=remote_file, recurse=recurse
+        )
 
     def upload_file_list(self, node_path_map: Mapping[str, tuple[str, str]]) -> dict[str, str]:
-        try:
-            return self._inner().upload_file_list(node_path_map)
-        finally:
-            self._sync_pssh_state()
+        if self.pssh is not None:
+            return self.pssh.upload_file_list(node_path_map)
+        init = self._shard_init_kwargs()
+        payloads = []
+        for chunk in self.sharder.chunk_hosts(self.reachable_hosts):
+            targets = [h for h in chunk if h in node_path_map]
+            if not targets:
+                continue
+            payloads.extend(
+                self.sharder.create_payloads(
+                    "upload_file_list",
+                    [targets],
+                    init,
+                    node_path_map={h: node_path_map[h] for h in targets},
+                )
+            )
+        if not payloads:
+            return {}
+        out: dict[str, str] = {}
+        for shard in self.sharder.execute_sharded(payloads):
+            out.update(shard.get("result", {}))
+        return out
 
     def download_file(
         self,
@@ -273,31 +302,70 @@ class MultiProcessPssh(ShardableSshInterface):
         suffix_separator: str = "_",
         hosts: Sequence[str] | None = None,
     ) -> dict[str, str]:
-        try:
-            return self._inner().download_file(
-                remote_file,
-                local_file,
+        kwargs: dict[str, Any] = {"recurse": recurse, "suffix_separator": suffix_separator}
+        if hosts is not None:
+            kwargs["hosts"] = hosts
+        if self.pssh is not None:
+            return self.pssh.download_file(remote_file, local_file, **kwargs)
+        if hosts is not None:
+            # CVS main: the requested hosts, checked against the reachable ones, in one shard.
+            wanted = list(dict.fromkeys(hosts))
+            bad = [h for h in wanted if h not in self.reachable_hosts]
+            if bad:
+                raise ValueError(f"SFTP download requested unreachable host(s): {bad}")
+            payloads = self.sharder.create_payloads(
+                "download_file",
+                [wanted],
+                self._shard_init_kwargs(),
+                remote_file=remote_file,
+                local_file=local_file,
                 recurse=recurse,
                 suffix_separator=suffix_separator,
-                hosts=hosts,
             )
-        finally:
-            self._sync_pssh_state()
+            merged: dict[str, str] = {}
+            for shard in self.sharder.execute_sharded(payloads):
+                merged.update(shard.get("result") or {})
+            return {h: merged[h] for h in wanted if h in merged}
+        return self._sharded_call(
+            "download_file",
+            remote_file=remote_file,
+            local_file=local_file,
+            recurse=recurse,
+            suffix_separator=suffix_separator,
+        )
 
     def reboot_connections(self) -> Any:
         """None, or ``{}`` on a sharded handle (CVS's return values)."""
-        self._inner().reboot_connections()
-        return {} if self._sharded else None
+        if self.pssh is not None:
+            self.pssh.reboot_connections()
+            return None
+        return self._sharded_call("reboot_connections", merge_unreachable=False)
 
     def prune_nodes(self, nodes_to_remove: Sequence[str]) -> list[str]:
-        try:
-            return self._inner().prune_nodes(nodes_to_remove)
-        finally:
+        if self.pssh is not None:
+            filtered = [h for h in nodes_to_remove or () if h in self.reachable_hosts]
+            if not filtered:
+                return []
+            removed = self.pssh.prune_nodes(filtered)
             self._sync_pssh_state()
+            return removed
+        drop = {h for h in nodes_to_remove or () if h}
+        removed = [h for h in self.reachable_hosts if h in drop]
+        for host in removed:
+            self.log.warning(f"Host {host} is unreachable, pruning from reachable hosts list.")
+            if host not in self.unreachable_hosts:
+                self.unreachable_hosts.append(host)
+        if removed:
+            self.reachable_hosts = [h for h in self.reachable_hosts if h not in drop]
+        return removed
 
     def destroy_clients(self) -> None:
-        if self._sharded:
-            self.client = None
-            self._engine.destroy_clients()
-        else:
+        if self.pssh is not None:
             self.pssh.destroy_clients()
+            return
+        self.log.info("Cleaning up sharded mode state ..")
+        self.client = None
+        # cvs-core's sharder keeps connections across calls: close them (a double has none).
+        sharder = self.__dict__.get("sharder")
+        if issubclass(type(sharder), PsshSharder):
+            sharder.close()

@@ -1,73 +1,59 @@
-"""CVS's ``cvs.lib.parallel.pssh``: ``Pssh``, on the cvs_core fan-out engine.
+"""CVS's ``cvs.lib.parallel.pssh``: ``Pssh``, driving a parallel-ssh-shaped client.
 
-Same surface, result strings and log lines as CVS (contract §1, §2.3, §7.2), but every host's
-command runs through one ``cvs_core.Cluster`` (one OpenSSH master per host, kept across calls,
-GIL released while waiting): no parallel-ssh, no gevent, no process pool.
+``Pssh`` is CVS's class seam for seam (``shared/spec/cvs-test-seams.md`` §3-§4): it builds its
+client through this module's ``ParallelSSHClient`` name, looked up at call time (1 construction
+at init, +1 per prune that removes a host, +1 per ``check_connectivity``), and drives it only
+through ``run_command``, ``copy_file``, ``copy_remote_file`` and ``pool.join()``, with CVS's
+call forms. Pruning, ``check_connectivity``, ``print_console``, ``detailed=``, download
+suffixes and error aggregation are CVS's, on whatever the client returns; every method reads
+only the attributes CVS's reads, so it works on an object whose ``__init__`` was replaced.
 
-Mapping decisions (details at each place in the code):
+The client behind the name is cvs-core's own (``client.ParallelSSHClient``: one OpenSSH master
+per host on ``cvs_core.Cluster``, no parallel-ssh, no gevent), so what the compat layer fixed in
+CVS holds wherever the seams leave room: no ~30 KB command cap, one host's timeout never marks
+the others, connections reused across calls, safe from several threads, pruned and probe
+clients closed. The exception classes are ``pssh.exceptions``' when parallel-ssh is importable
+(see ``exceptions``).
 
-- Per-host statuses become parallel-ssh-like exceptions stored on the host's output item:
-  ``unreachable`` -> ``ConnectionError``, ``auth_failed`` -> ``AuthenticationError``,
-  ``host_key_mismatch`` -> ``HostKeyError`` (a ``ConnectionError``), ``timeout`` and
-  ``inactivity_timeout`` -> ``Timeout`` (text, then ``ABORT: Timeout Error in Host: <h>``,
-  exit -1), ``error``/``cancelled`` -> ``SessionError``. ``exit_nonzero`` and ``signal`` are
-  command outcomes (no exception; a signal's exit code is -1).
-- ``stop_on_errors=True`` raises the first host's exception (transport errors first, as
-  parallel-ssh raised them before any output was read), with no partial results.
-  ``stop_on_errors=False`` prunes hosts that fail a short re-probe and reports them as
-  ``ABORT: Host Unreachable Error`` on this and every later call.
-- Host keys: CVS never checked them. Here known keys ARE checked and unknown hosts are learned
-  (``accept-new``), so CVS users keep working on first contact. Environment overrides:
-  ``CVS_CORE_HOST_KEY_POLICY`` (strict|accept-new|off), ``CVS_CORE_KNOWN_HOSTS`` (a
-  known_hosts path), ``CVS_CORE_SSH_CONFIG`` (an ssh_config path). The same names are accepted
-  as ``**ssh_client_kwargs`` (``host_key_policy=``, ``known_hosts=``, ``ssh_config=``).
-  ``host_key_check`` is stored and ignored, as in CVS.
-- ``pkey`` is resolved like parallel-ssh (``~`` expanded, relative to the working directory,
-  ``PKeyFileError`` when missing); a bare name not found there is looked up as
-  ``~/.ssh/<name>``; the untouched default ``'id_rsa'`` falls back to OpenSSH's own identities
-  (ssh_config, agent) instead of failing. Passwords are refused (``cvs_core.CvsError``): the
-  engine runs OpenSSH in batch mode.
-- ``**ssh_client_kwargs``: ``port``, ``timeout`` (connect timeout), ``pool_size`` (max
-  parallel hosts) and ``proxy_host``/``proxy_user``/``proxy_port`` (jump host) are mapped; the
-  rest (``num_retries``, ``retry_delay``, ``keepalive_seconds``, ...) are ignored with a DEBUG
-  log.
+Where a CVS bug and a seam collide, the seam is kept (each is noted where it lives):
+``exec_cmd_list`` passes the caller's list as ``host_args`` unchanged, so a list built for the
+original hosts raises ``HostArgumentError`` after a prune on a foreign client; a
+``stop_on_errors=True`` handle formats an exception stored on an item instead of raising it;
+after ``destroy_clients()`` the handle has no ``client`` and a later call raises
+``AttributeError``. cvs-core's own client re-aligns the list by host (an extension no double
+sees).
 
-CVS bugs fixed here (contract §9): one host's timeout never marks other hosts as timed out; a
-timed-out host's stderr is kept; no ~30 KB command cap; the key path is never logged at INFO;
-sessions never leak (a rebuilt, probed or destroyed client closes its connections, deferred
-until calls still running on it finish); ``exec_cmd_list`` and ``upload_file_list`` work after
-pruning and on host subsets; one ``Pssh`` is safe to use from several threads.
+Host keys: CVS never checked them. Here known keys ARE checked and unknown hosts are learned
+(``accept-new``). Overrides: ``CVS_CORE_HOST_KEY_POLICY`` (strict|accept-new|off),
+``CVS_CORE_KNOWN_HOSTS``, ``CVS_CORE_SSH_CONFIG``, or the same names in ``**ssh_client_kwargs``
+(``host_key_policy=``, ``known_hosts=``, ``ssh_config=``). Passwords work (OpenSSH reads them
+through ``SSH_ASKPASS``), but keys are preferred.
 """
 
 from __future__ import annotations
 
-import errno
-import io
 import logging
-import os
 import shlex
-import shutil
-import tarfile
-import tempfile
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cvs_core import Cluster
-
-from .exceptions import (
-    AuthenticationError,
-    ConnectionError,
-    HostArgumentError,
-    HostKeyError,
-    PKeyFileError,
-    SessionError,
-    SFTPIOError,
-    Timeout,
+from .client import (
+    DEFAULT_HOST_KEY_POLICY,
+    ENV_HOST_KEY_POLICY,
+    ENV_KNOWN_HOSTS,
+    ENV_SSH_CONFIG,
+    HostOutput,
+    ParallelSSHClient,
+    exception_for,
+    resolve_pkey,
+    split_lines,
 )
+from .exceptions import AuthenticationError, ConnectionError, SessionError, Timeout
 
 __all__ = [
+    "DEFAULT_HOST_KEY_POLICY",
     "ENV_HOST_KEY_POLICY",
     "ENV_KNOWN_HOSTS",
     "ENV_SSH_CONFIG",
@@ -79,13 +65,14 @@ __all__ = [
     "SessionError",
     "Timeout",
     "build_env_prefix",
+    "exception_for",
+    "resolve_pkey",
+    "split_lines",
 ]
 
-#: Environment variables read when a client is built (see the module docstring).
-ENV_HOST_KEY_POLICY = "CVS_CORE_HOST_KEY_POLICY"
-ENV_KNOWN_HOSTS = "CVS_CORE_KNOWN_HOSTS"
-ENV_SSH_CONFIG = "CVS_CORE_SSH_CONFIG"
-DEFAULT_HOST_KEY_POLICY = "accept-new"
+# The engine's own client, captured before anyone patches the module name: only clients of this
+# class take cvs-core's extensions (subset copies, re-aligned host_args, close()).
+_ENGINE_CLIENT: type = ParallelSSHClient
 
 DEFAULT_PKEY = "id_rsa"
 BANNER = "#" + "-" * 58 + "#"
@@ -100,6 +87,11 @@ REBOOT_TIMEOUT_S = 60
 def _log() -> logging.Logger:
     # CVS's globals.log is the root logger; log-grep tooling reads these lines there.
     return logging.getLogger()
+
+
+def _engine(client: Any) -> bool:
+    # type(), not isinstance: a Mock(spec=ParallelSSHClient) claims to be one.
+    return issubclass(type(client), _ENGINE_CLIENT)
 
 
 # -- env prefix (cvs/lib/env_lib.py::build_env_prefix, contract §1.5) ---------------------------
@@ -130,307 +122,11 @@ def build_env_prefix(env_vars: Mapping[str, Any] | None) -> str:
     return " ; ".join(parts)
 
 
-# -- output items ----------------------------------------------------------------------------
-
-
-class HostOutput:
-    """One host's output, shaped like parallel-ssh's ``HostOutput`` (the seam
-    ``_process_output`` and the pruning methods read): ``host``, ``stdout`` and ``stderr``
-    (lists of lines without their end-of-line), ``exit_code`` (None when unknown) and
-    ``exception``. ``status`` and ``result`` keep the engine's view (None when built by hand).
-    """
-
-    __slots__ = ("exception", "exit_code", "host", "result", "status", "stderr", "stdout")
-
-    def __init__(
-        self,
-        host: str,
-        stdout: Sequence[str] = (),
-        stderr: Sequence[str] = (),
-        exit_code: int | None = None,
-        exception: BaseException | None = None,
-        status: str | None = None,
-        result: Any = None,
-    ) -> None:
-        self.host = host
-        self.stdout = list(stdout)
-        self.stderr = list(stderr)
-        self.exit_code = exit_code
-        self.exception = exception
-        self.status = status
-        self.result = result
-
-    @classmethod
-    def from_result(cls, result: Any) -> HostOutput:
-        exc = exception_for(result)
-        return cls(
-            result.host,
-            split_lines(result.stdout),
-            split_lines(result.stderr),
-            None if exc is not None else result.exit_code,
-            exc,
-            result.status,
-            result,
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"HostOutput(host={self.host!r}, exit_code={self.exit_code!r}, "
-            f"exception={self.exception!r})"
-        )
-
-
-def split_lines(text: str) -> list[str]:
-    """Lines as parallel-ssh yields them: split on ``\\n`` or ``\\r\\n`` (a lone ``\\r``, as in
-    progress bars, stays in the line), no empty last line for a trailing newline."""
-    if not text:
-        return []
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
-
-
-_COMMAND_OUTCOMES = frozenset({"ok", "exit_nonzero", "signal"})
-
-
-def exception_for(result: Any) -> BaseException | None:
-    """The parallel-ssh-like exception for a failed host (None for a command outcome)."""
-    status = result.status
-    if status in _COMMAND_OUTCOMES:
-        return None
-    host = result.host
-    detail = result.error or status
-    exc: BaseException
-    if status == "unreachable":
-        exc = ConnectionError(f"Error connecting to host '{host}' - {detail}")
-    elif status == "auth_failed":
-        exc = AuthenticationError(
-            f"Authentication error while connecting to host '{host}' - {detail}"
-        )
-    elif status == "host_key_mismatch":
-        exc = HostKeyError(f"Host key verification failed for host '{host}' - {detail}")
-    elif status in ("timeout", "inactivity_timeout"):
-        exc = Timeout(detail)
-    else:
-        exc = SessionError(f"SSH session error on host '{host}' - {detail}")
-    exc.host = host  # type: ignore[attr-defined]
-    return exc
-
-
-def _raise_first_error(output: Sequence[HostOutput]) -> None:
-    """stop_on_errors=True: parallel-ssh raised connection and authentication errors out of
-    run_command before any output was read, and CVS re-raised a Timeout met while reading."""
-    for kinds in ((ConnectionError, AuthenticationError), (BaseException,)):
-        for item in output:
-            if item.exception is not None and isinstance(item.exception, kinds):
-                raise item.exception
-
-
-# -- the client factory ----------------------------------------------------------------------
-
-
-def resolve_pkey(pkey: str | os.PathLike[str]) -> str:
-    """A private key path as parallel-ssh resolves it (``~`` expanded, relative to the working
-    directory), else ``~/.ssh/<name>`` for a bare name; ``PKeyFileError`` when neither exists."""
-    if not isinstance(pkey, (str, os.PathLike)):
-        raise PKeyFileError(
-            "in-memory private keys are not supported by cvs_core; pass a key file path"
-        )
-    raw = os.fspath(pkey)
-    path = os.path.normpath(os.path.expanduser(raw))
-    if os.path.exists(path):
-        return os.path.abspath(path)
-    if os.sep not in raw:
-        in_ssh_dir = os.path.join(os.path.expanduser("~"), ".ssh", raw)
-        if os.path.exists(in_ssh_dir):
-            return in_ssh_dir
-    raise PKeyFileError(
-        f"File {path} does not exist. Please use either absolute or relative to user directory "
-        "paths like '~/.ssh/my_key' for pkey parameter"
-    )
-
-
-class ParallelSSHClient:
-    """A parallel-ssh-shaped constructor over one ``cvs_core.Cluster``.
-
-    ``Pssh`` builds its client through this module-level name, looked up at call time, so a
-    test patching ``cvs.lib.parallel.pssh.ParallelSSHClient`` counts constructions as with
-    CVS (1 at init, +1 per prune rebuild, +1 per connectivity probe). It is not parallel-ssh's
-    client: it has no ``run_command``; its methods mirror ``cvs_core.Cluster`` and return
-    lists of ``cvs_core.HostResult``.
-
-    ``close()`` is deferred while calls are running on the client (``_enter``/``_leave``), so a
-    prune in one thread never kills another thread's commands, and nothing leaks.
-    """
-
-    def __init__(
-        self,
-        hosts: Sequence[str],
-        user: str | None = None,
-        password: str | None = None,
-        port: int | None = None,
-        pkey: str | os.PathLike[str] | None = None,
-        num_retries: int | None = None,
-        timeout: float | None = None,
-        pool_size: int | None = None,
-        *,
-        proxy_host: str | None = None,
-        proxy_port: int | None = None,
-        proxy_user: str | None = None,
-        ssh_config: str | os.PathLike[str] | None = None,
-        known_hosts: str | os.PathLike[str] | None = None,
-        host_key_policy: str | None = None,
-        idle_timeout: float | None = None,
-        **ignored: Any,
-    ) -> None:
-        # parallel-ssh accepts a host twice; the engine does not (and CVS's dicts collapse it).
-        self.hosts = list(dict.fromkeys(hosts))
-        self.user = user
-        self.port = port
-        self.pkey = resolve_pkey(pkey) if pkey is not None else None
-        if num_retries is not None:
-            # OpenSSH connects once per call; a failed host is retried by the next call.
-            ignored["num_retries"] = num_retries
-        if ignored:
-            _log().debug("cvs_core compat: ignoring ssh client options %s", sorted(ignored))
-        jump = None
-        if proxy_host:
-            jump = f"{proxy_user}@{proxy_host}" if proxy_user else proxy_host
-            if proxy_port and int(proxy_port) != 22:
-                jump = f"{jump}:{int(proxy_port)}"
-        options: dict[str, Any] = {
-            "port": int(port) if port is not None else None,
-            "ssh_config": ssh_config or os.environ.get(ENV_SSH_CONFIG) or None,
-            "known_hosts": known_hosts or os.environ.get(ENV_KNOWN_HOSTS) or None,
-            "host_key_policy": host_key_policy
-            or os.environ.get(ENV_HOST_KEY_POLICY)
-            or DEFAULT_HOST_KEY_POLICY,
-            "jump_host": jump,
-            # parallel-ssh's `timeout` is its connect/session timeout (None: 10 s here).
-            "connect_timeout": float(timeout) if timeout else 10.0,
-            "max_parallel": int(pool_size) if pool_size else None,
-            "password": password,
-        }
-        if idle_timeout is not None:
-            options["idle_timeout"] = float(idle_timeout)
-        self._lock = threading.Lock()
-        self._inflight = 0
-        self._closing = False
-        self._closed = False
-        # Module-level name looked up at call time: the unit tests' engine seam.
-        self._cluster = Cluster(self.hosts, user, self.pkey, **options) if self.hosts else None
-
-    # -- lifetime --------------------------------------------------------------------------
-    def _enter(self) -> None:
-        with self._lock:
-            self._inflight += 1
-
-    def _leave(self) -> None:
-        with self._lock:
-            self._inflight -= 1
-            now = self._closing and self._inflight == 0 and not self._closed
-            if now:
-                self._closed = True
-        if now:
-            self._shutdown()
-
-    def close(self) -> None:
-        """End every connection, now or when the last running call finishes."""
-        with self._lock:
-            self._closing = True
-            now = self._inflight == 0 and not self._closed
-            if now:
-                self._closed = True
-        if now:
-            self._shutdown()
-
-    disconnect = close
-
-    def _shutdown(self) -> None:
-        if self._cluster is not None:
-            self._cluster.close()
-
-    def master_pids(self) -> list[int]:
-        return self._cluster.master_pids() if self._cluster is not None else []
-
-    # -- calls (cvs_core.Cluster's, returning lists) ----------------------------------------
-    def exec(
-        self,
-        cmd: str,
-        hosts: Sequence[str] | None = None,
-        timeout: float | None = None,
-        inactivity_timeout: float | None = None,
-        stdin: bytes | str | None = None,
-    ) -> list[Any]:
-        if self._cluster is None or (hosts is not None and not hosts):
-            return []
-        return list(
-            self._cluster.exec(
-                cmd,
-                hosts=None if hosts is None else list(hosts),
-                timeout=timeout,
-                inactivity_timeout=inactivity_timeout,
-                stdin=stdin,
-            )
-        )
-
-    def exec_per_host(
-        self,
-        commands: Mapping[str, str],
-        timeout: float | None = None,
-        inactivity_timeout: float | None = None,
-        stdin: bytes | str | None = None,
-    ) -> list[Any]:
-        if self._cluster is None or not commands:
-            return []
-        return list(
-            self._cluster.exec_per_host(
-                dict(commands),
-                timeout=timeout,
-                inactivity_timeout=inactivity_timeout,
-                stdin=stdin,
-            )
-        )
-
-    def upload_per_host(self, files: Mapping[str, tuple[str, str]]) -> list[Any]:
-        if self._cluster is None or not files:
-            return []
-        return list(self._cluster.upload_per_host(dict(files)))
-
-    def download(
-        self, remote: str, local_dir: str, hosts: Sequence[str] | None = None
-    ) -> tuple[dict[str, str], list[Any]]:
-        """``({host: local_dir/host/basename}, [failed HostResult, ...])``."""
-        if self._cluster is None or (hosts is not None and not hosts):
-            return {}, []
-        try:
-            paths = self._cluster.download(
-                remote, local_dir, hosts=None if hosts is None else list(hosts), check=True
-            )
-        except Exception as exc:
-            results = getattr(exc, "results", None)
-            if results is None:
-                raise
-            return dict(exc.paths), [r for r in results if r.status != "ok"]
-        return dict(paths), []
-
-
 # -- Pssh ------------------------------------------------------------------------------------
 
 
 def _tabs(text: str) -> str:
     return text.replace("\t", "   ")
-
-
-def _remote_parent(path: str) -> str | None:
-    # parallel-ssh's _remote_paths_split: the directory part, when there is one.
-    sep = path.rfind("/")
-    return path[:sep] if sep > 0 else None
-
-
-def _quote(text: str) -> str:
-    return shlex.quote(text)
 
 
 class Pssh:
@@ -471,51 +167,40 @@ class Pssh:
         self.stop_on_errors = stop_on_errors
         self.process_output = process_output
         self.unreachable_hosts: list[str] = []
-        self.ssh_client_kwargs = dict(ssh_client_kwargs)
+        self.ssh_client_kwargs = ssh_client_kwargs
         self.env_prefix = build_env_prefix(env_vars)
-        self._lock = threading.RLock()
         if password is None:
-            self.log.info(f"Connecting to hosts {self.host_list} as user {user}")
-            # CVS logged the key path at INFO (contract §9.8): DEBUG at most.
-            self.log.debug(f"Using private key {pkey}")
-        else:
-            self.log.info(f"Connecting to hosts {self.host_list} as user {user} with a password")
-        self.client = self._make_client(self.reachable_hosts)
+            # CVS's three lines (the key path at INFO is CVS's; log-grep tooling reads it).
+            self.log.info(f"Connecting to hosts: {self.reachable_hosts}")
+            self.log.info(f"User: {user}")
+            self.log.info(f"Private key: {pkey}")
+        self.client = self._new_client(self.reachable_hosts)
 
     # -- clients -----------------------------------------------------------------------------
-    def _client_pkey(self) -> str | None:
-        if self.pkey == DEFAULT_PKEY:
-            try:
-                return resolve_pkey(self.pkey)
-            except PKeyFileError:
-                # The untouched default: let OpenSSH pick identities (ssh_config, agent,
-                # ~/.ssh/id_*) rather than fail as parallel-ssh did without ./id_rsa.
-                return None
-        return self.pkey
-
-    def _make_client(self, hosts: Sequence[str], **overrides: Any) -> Any:
-        kwargs = {"keepalive_seconds": 30, **self.ssh_client_kwargs, **overrides}
+    def _new_client(self, hosts: Sequence[str]) -> Any:
+        """CVS's two construction forms, through the module name (looked up at call time)."""
         if self.password is None:
-            pkey = self._client_pkey()
-            return ParallelSSHClient(list(hosts), user=self.user, pkey=pkey, **kwargs)
-        return ParallelSSHClient(list(hosts), user=self.user, password=self.password, **kwargs)
+            return ParallelSSHClient(
+                hosts,
+                user=self.user,
+                pkey=self.pkey,
+                keepalive_seconds=30,
+                **self.ssh_client_kwargs,
+            )
+        return ParallelSSHClient(
+            hosts,
+            user=self.user,
+            password=self.password,
+            keepalive_seconds=30,
+            **self.ssh_client_kwargs,
+        )
 
-    def _acquire(self) -> Any:
-        """The current client, marked in use (a concurrent prune defers its close)."""
-        with self._lock:
-            client = self.__dict__.get("client")
-            if client is None:
-                # After destroy_clients() CVS raised AttributeError; reconnect instead.
-                client = self.client = self._make_client(self.reachable_hosts)
-            client._enter()
-        return client
-
-    @staticmethod
-    def _release(client: Any) -> None:
-        client._leave()
-
-    def _with_env(self, cmd: str) -> str:
-        return f"{self.env_prefix} ; {cmd}" if self.env_prefix else cmd
+    def _state_lock(self) -> threading.RLock:
+        # Created on first use: callers build Pssh objects with __init__ replaced.
+        lock = self.__dict__.get("_cvs_core_lock")
+        if lock is None:
+            lock = self.__dict__.setdefault("_cvs_core_lock", threading.RLock())
+        return lock
 
     # -- commands ----------------------------------------------------------------------------
     def exec(
@@ -526,25 +211,27 @@ class Pssh:
         detailed: bool = False,
         inactivity_timeout: float | None = None,
     ) -> dict[str, Any]:
-        """Run ``cmd`` on every reachable host. ``timeout`` caps the whole command;
-        ``inactivity_timeout`` (main) caps the silence between output and, as on main, replaces
-        ``timeout`` when given. Either kills the remote command on that host only."""
-        stop_on_errors = self.stop_on_errors
-        full_cmd = self._with_env(cmd)
-        if inactivity_timeout is not None:
-            timeout = None
+        """Run ``cmd`` on every reachable host. ``timeout`` caps the whole command on each host;
+        ``inactivity_timeout`` (CVS main) caps the silence between output and replaces
+        ``timeout``. Either kills the remote command on that host only."""
+        full_cmd = f"{self.env_prefix} ; {cmd}" if self.env_prefix else cmd
         self.log.info(f"cmd = {full_cmd}")
-        client = self._acquire()
-        try:
-            self.log.debug(
-                f"Running on {len(client.hosts)} hosts, timeout={timeout}, "
-                f"inactivity_timeout={inactivity_timeout}"
+        self.log.debug(f"Executing on {len(self.reachable_hosts)} hosts, timeout={timeout}")
+        extra = _inactivity(inactivity_timeout)
+        if extra:
+            timeout = None
+        if timeout is None:
+            output = self.client.run_command(full_cmd, stop_on_errors=self.stop_on_errors, **extra)
+        else:
+            output = self.client.run_command(
+                full_cmd, read_timeout=timeout, stop_on_errors=self.stop_on_errors, **extra
             )
-            results = client.exec(full_cmd, timeout=timeout, inactivity_timeout=inactivity_timeout)
-        finally:
-            self._release(client)
-        output = [HostOutput.from_result(r) for r in results]
-        return self._finish(output, stop_on_errors, print_console, detailed, cmd=full_cmd)
+        cmd_output = self._process_output(
+            output, cmd=full_cmd, print_console=print_console, include_exit_codes=detailed
+        )
+        for host in cmd_output:
+            self.log.debug(f"Command completed on {host}: {full_cmd}")
+        return cmd_output
 
     def exec_cmd_list(
         self,
@@ -555,101 +242,81 @@ class Pssh:
     ) -> dict[str, str]:
         """Run ``cmd_list[i]`` on reachable host ``i``; returns ``{host: str}``.
 
-        A list built from the original ``host_list`` is accepted too and re-aligned to the
-        reachable hosts, where parallel-ssh raised ``HostArgumentError`` after a prune.
+        CVS passes the list to the client as is (a length mismatch after a prune raises
+        ``HostArgumentError``); cvs-core's own client gets it re-aligned by host when it was
+        built for the original ``host_list``.
         """
-        stop_on_errors = self.stop_on_errors
-        if inactivity_timeout is not None:
+        if self.env_prefix:
+            cmd_list = [f"{self.env_prefix} ; {c}" for c in cmd_list]
+        client = self.client
+        host_args = self._aligned(client, cmd_list)
+        extra = _inactivity(inactivity_timeout)
+        if extra:
             timeout = None
-        client = self._acquire()
-        try:
-            hosts = list(client.hosts)
-            cmds = [self._with_env(c) for c in self._align(cmd_list, hosts)]
-            self.log.debug(f"Running a command list on {len(hosts)} hosts, timeout={timeout}")
-            results = client.exec_per_host(
-                dict(zip(hosts, cmds)), timeout=timeout, inactivity_timeout=inactivity_timeout
+        if timeout is None:
+            output = client.run_command(
+                "%s", host_args=host_args, stop_on_errors=self.stop_on_errors, **extra
             )
-        finally:
-            self._release(client)
-        output = [HostOutput.from_result(r) for r in results]
-        by_host = dict(zip(hosts, cmds))
-        aligned = [by_host.get(item.host, "") for item in output]
-        return self._finish(output, stop_on_errors, print_console, False, cmd_list=aligned)
-
-    def _align(self, cmd_list: Sequence[str], hosts: Sequence[str]) -> list[str]:
-        cmds = list(cmd_list)
-        if len(cmds) == len(hosts):
-            return cmds
-        if len(cmds) == len(self.host_list):
-            per_host = dict(zip(self.host_list, cmds))
-            if all(h in per_host for h in hosts):
-                return [per_host[h] for h in hosts]
-        raise HostArgumentError(
-            "Number of host arguments provided does not match number of hosts "
-            f"(cmd_list={len(cmds)}, reachable_hosts={len(hosts)}, "
-            f"host_list={len(self.host_list)})"
-        )
-
-    def _finish(
-        self,
-        output: list[HostOutput],
-        stop_on_errors: bool,
-        print_console: bool,
-        detailed: bool,
-        cmd: str | None = None,
-        cmd_list: list[str] | None = None,
-    ) -> dict[str, Any]:
-        if stop_on_errors:
-            _raise_first_error(output)
-        cmd_output = self._process_output(
+        else:
+            output = client.run_command(
+                "%s",
+                host_args=host_args,
+                read_timeout=timeout,
+                stop_on_errors=self.stop_on_errors,
+                **extra,
+            )
+        return self._process_output(
             output,
-            cmd=cmd,
-            cmd_list=cmd_list,
-            print_console=print_console,
-            include_exit_codes=detailed,
+            cmd_list=host_args,
+            print_console=print_console and self.process_output,
         )
-        if not stop_on_errors:
-            self.prune_unreachable_hosts(output)
-            self.inform_unreachability(cmd_output, detailed)
-        per_host = dict(zip((item.host for item in output), cmd_list or ()))
-        for host in cmd_output:
-            self.log.debug(f"Command completed on {host}: {per_host.get(host, cmd)}")
-        return cmd_output
+
+    def _aligned(self, client: Any, cmd_list: Sequence[str]) -> Sequence[str]:
+        if not _engine(client):
+            return cmd_list
+        hosts = client.hosts
+        if len(cmd_list) == len(hosts) or len(cmd_list) != len(self.host_list):
+            return cmd_list
+        per_host = dict(zip(self.host_list, cmd_list))
+        if not all(h in per_host for h in hosts):
+            return cmd_list
+        return [per_host[h] for h in hosts]
 
     def _process_output(
         self,
-        output: Sequence[HostOutput],
+        output: Sequence[Any],
         cmd: str | None = None,
         cmd_list: Sequence[str] | None = None,
         print_console: bool = True,
         include_exit_codes: bool = False,
     ) -> dict[str, Any]:
-        """Per host: stdout lines, then stderr lines (tabs as three spaces, each line ending
-        in ``\\n``), then the exception text (``ABORT: Timeout Error in Host: <h>`` after a
-        timeout), then a final ``\\n``.
-
-        Fixed (contract §1.3, §9.5): CVS's ``_handle_timeout_exception`` gave one host's
-        Timeout to every host read after it, and never read the timed-out host's stderr. The
-        engine times each host independently, so each item carries only its own outcome.
-        """
+        """Per host: stdout lines, then stderr lines (tabs as three spaces, each line ending in
+        ``\\n``), then the exception text (``ABORT: Timeout Error in Host: <h>`` after a
+        timeout), then a final ``\\n``. With ``stop_on_errors=False``, prunes and reports the
+        unreachable hosts afterwards (CVS's order, through ``self``)."""
         log = self.log
-        loud = self.process_output
         cmd_output: dict[str, Any] = {}
         for i, item in enumerate(output):
             host = item.host
-            if loud:
-                log.info(BANNER)
-                log.info(f"Host == {host} ==")
-                log.info(BANNER)
-                log.debug(cmd_list[i] if cmd_list and i < len(cmd_list) else cmd)
-            text = []
-            for stream in (item.stdout, item.stderr):
-                for line in stream:
-                    if print_console and loud:
-                        log.info(line)
-                    text.append(_tabs(line) + "\n")
+            log.info(BANNER)
+            log.info(f"Host == {host} ==")
+            log.info(BANNER)
+            log.debug(cmd_list[i] if cmd_list else cmd)
+            text: list[str] = []
+            try:
+                for stream in (item.stdout, item.stderr):
+                    for line in stream or ():
+                        if print_console:
+                            log.info("%s", line)
+                        text.append(_tabs(line) + "\n")
+            except Timeout as e:
+                if self.stop_on_errors:
+                    raise
+                # CVS: the same exception on every item that has none yet. cvs-core's client
+                # never raises here with stop_on_errors=False (each host carries its own).
+                self._handle_timeout_exception(output, e)
             exc = item.exception
-            if exc is not None:
+            if exc:
                 exc_text = _tabs(str(exc) or repr(exc))
                 if isinstance(exc, Timeout):
                     exc_text += TIMEOUT_ABORT.format(host=host)
@@ -658,93 +325,95 @@ class Pssh:
             text.append("\n")
             out = "".join(text)
             if include_exit_codes:
-                if exc is not None or item.exit_code is None:
-                    code = -1
-                else:
-                    code = item.exit_code
-                cmd_output[host] = {"output": out, "exit_code": code}
+                code = -1 if exc else item.exit_code
+                cmd_output[host] = {"output": out, "exit_code": -1 if code is None else code}
             else:
                 cmd_output[host] = out
+        if not self.stop_on_errors:
+            self.prune_unreachable_hosts(output)
+            self.inform_unreachability(cmd_output, include_exit_codes)
         return cmd_output
 
-    def _handle_timeout_exception(self, output: Sequence[HostOutput], e: BaseException) -> None:
-        """CVS's helper, kept for callers: gives ``e`` to every item without an exception.
-        Never called here (see ``_process_output``)."""
+    def _handle_timeout_exception(self, output: Sequence[Any], e: BaseException) -> None:
+        """CVS: give ``e`` to every item that has no exception yet."""
         for item in output:
             if item.exception is None:
                 item.exception = e
 
     # -- unreachable hosts ---------------------------------------------------------------------
     def check_connectivity(self, hosts: Sequence[str]) -> list[str]:
-        """The hosts of ``hosts`` that fail ``echo 1`` on a fresh client (connect 2 s, read 2 s,
-        no retries). Fixed: CVS never closed that temporary client; it is closed here."""
-        hosts = list(hosts)
+        """The hosts of ``hosts`` that fail ``echo 1`` on a temporary client (connect 2 s, read
+        2 s, no retries). Fixed: CVS never closed that client; cvs-core's is closed."""
         if not hosts:
             return []
-        probe = self._make_client(hosts, timeout=PROBE_TIMEOUT_S, num_retries=0)
-        probe._enter()
+        temp = ParallelSSHClient(
+            hosts,
+            user=self.user,
+            pkey=(self.pkey if self.password is None else None),
+            password=self.password,
+            **{**self.ssh_client_kwargs, "timeout": PROBE_TIMEOUT_S, "num_retries": 0},
+        )
         try:
-            results = probe.exec("echo 1", timeout=PROBE_TIMEOUT_S)
+            output = temp.run_command("echo 1", stop_on_errors=False, read_timeout=PROBE_TIMEOUT_S)
+            unreachable = [item.host for item in output if item.exception]
         finally:
-            probe._leave()
-            probe.close()
-        failed = [r.host for r in results if exception_for(r) is not None]
-        self.log.debug(f"Connectivity probe of {hosts}: unreachable {failed}")
-        return failed
+            if _engine(temp):
+                temp.close()
+        self.log.debug(f"Connectivity probe of {list(hosts)}: unreachable {unreachable}")
+        return unreachable
 
-    def prune_unreachable_hosts(self, output: Sequence[HostOutput]) -> list[str]:
-        """Re-probe hosts that failed with a connection error, a timeout or a session error, and
-        prune those still failing. Authentication errors never prune (as in CVS)."""
-        candidates = [
+    def prune_unreachable_hosts(self, output: Sequence[Any]) -> list[str]:
+        """Re-probe the hosts that failed with a connection error, a timeout or a session error
+        and prune those still failing. Authentication errors never prune (as in CVS)."""
+        failed = [
             item.host
             for item in output
-            if isinstance(item.exception, (ConnectionError, Timeout, SessionError))
+            if item.exception
+            and isinstance(item.exception, (ConnectionError, Timeout, SessionError))
         ]
-        if not candidates:
-            return []
-        # Looked up on the instance: callers replace check_connectivity.
-        unreachable = self.check_connectivity(candidates)
+        # Through self, even with no candidate: callers replace check_connectivity.
+        unreachable = self.check_connectivity(failed)
         return self.prune_nodes(unreachable)
 
     def prune_nodes(self, nodes_to_remove: Sequence[str]) -> list[str]:
-        """Move hosts from ``reachable_hosts`` to ``unreachable_hosts`` and rebuild the client;
-        returns the hosts actually removed (``[]``, and no rebuild, when none)."""
-        removed: list[str] = []
+        """Move hosts from ``reachable_hosts`` to ``unreachable_hosts`` and rebuild the client
+        once; returns the hosts removed, in ``reachable_hosts`` order (``[]``, no rebuild, when
+        none)."""
+        if not nodes_to_remove:
+            return []
+        drop = {n for n in nodes_to_remove if n}
         old = None
-        with self._lock:
-            for node in nodes_to_remove or []:
-                if node not in self.reachable_hosts:
-                    continue
-                self.reachable_hosts.remove(node)
-                if node not in self.unreachable_hosts:
-                    self.unreachable_hosts.append(node)
-                removed.append(node)
-                self.log.warning(f"Host {node} is unreachable, pruning from reachable hosts list.")
-            if removed:
-                old = self.__dict__.get("client")
-                self.client = self._make_client(self.reachable_hosts)
-        if old is not None:
-            old.close()  # deferred until calls still running on it finish
+        with self._state_lock():
+            removed = [h for h in self.reachable_hosts if h in drop]
+            if not removed:
+                return []
+            for host in removed:
+                self.log.warning(f"Host {host} is unreachable, pruning from reachable hosts list.")
+            self.reachable_hosts = [h for h in self.reachable_hosts if h not in drop]
+            for host in removed:
+                if host not in self.unreachable_hosts:
+                    self.unreachable_hosts.append(host)
+            old = self.__dict__.get("client")
+            self.client = self._new_client(self.reachable_hosts)
+        if _engine(old):
+            old.close()  # deferred until calls still running on it return
         return removed
 
     def inform_unreachability(
         self, cmd_output: dict[str, Any], include_exit_codes: bool = False
-    ) -> dict[str, Any]:
+    ) -> None:
         """Append ``ABORT: Host Unreachable Error`` for every pruned host, on every call (new
         entries come after the live hosts)."""
-        with self._lock:
-            unreachable = list(self.unreachable_hosts)
-        for host in unreachable:
+        for host in list(self.unreachable_hosts):
             if include_exit_codes:
                 entry = cmd_output.get(host)
                 if not isinstance(entry, dict):
-                    entry = {"output": entry or "", "exit_code": -1}
+                    entry = {"output": "", "exit_code": -1}
                 entry["output"] = entry.get("output", "") + UNREACHABLE_ABORT
                 entry["exit_code"] = -1
                 cmd_output[host] = entry
             else:
                 cmd_output[host] = (cmd_output.get(host) or "") + UNREACHABLE_ABORT
-        return cmd_output
 
     # -- files -------------------------------------------------------------------------------
     def scp_file(self, local_file: str, remote_file: str, recurse: bool = False) -> None:
@@ -752,17 +421,14 @@ class Pssh:
         self.upload_file(local_file, remote_file, recurse=recurse)
 
     def upload_file(self, local_file: str, remote_file: str, recurse: bool = False) -> None:
-        """Copy ``local_file`` to ``remote_file`` on every reachable host (streamed, any size;
-        the parent directory is created as parallel-ssh did). Raises
+        """Copy ``local_file`` to ``remote_file`` on every reachable host. Raises
         ``IOError("upload_file '<l>' -> '<r>' failed on k/n hosts: [(host, exc), ...]")``."""
-        client = self._acquire()
-        try:
-            hosts = list(client.hosts)
-            self.log.info(f"SFTP upload of {local_file} to {remote_file} on {len(hosts)} hosts")
-            outcome = self._upload(client, {h: (local_file, remote_file) for h in hosts}, recurse)
-        finally:
-            self._release(client)
-        failures = [(h, e) for h, e in outcome.items() if e is not None]
+        hosts = list(self.reachable_hosts)
+        self.log.info(f"SFTP upload of {local_file} to {remote_file} on {len(hosts)} hosts")
+        client = self.client
+        cmds = client.copy_file(local_file, remote_file, recurse=recurse)
+        client.pool.join()
+        failures = _failures(cmds, hosts)
         if failures:
             raise OSError(
                 f"upload_file '{local_file}' -> '{remote_file}' failed on "
@@ -770,82 +436,31 @@ class Pssh:
             ) from failures[0][1]
 
     def upload_file_list(self, node_path_map: Mapping[str, tuple[str, str]]) -> dict[str, str]:
-        """Copy ``{host: (local, remote)}`` to the reachable hosts among them (any subset);
-        returns ``{host: "<host>: SUCCESS" | "<host>: FAILED - <exc>"}``, never raises."""
+        """Copy ``{host: (local, remote)}`` to the reachable hosts among them; returns
+        ``{host: "<host>: SUCCESS" | "<host>: FAILED - <exc>"}``. cvs-core's own client also
+        takes a subset of its hosts (parallel-ssh raised ``HostArgumentError``)."""
         if not node_path_map:
             return {}
-        client = self._acquire()
-        try:
-            targets = [h for h in client.hosts if h in node_path_map]
-            if not targets:
-                return {}
-            self.log.info(f"SFTP upload of per-host files to {len(targets)} hosts")
+        targets = [h for h in self.reachable_hosts if h in node_path_map]
+        if not targets:
+            return {}
+        copy_args = [
+            {"local_file": node_path_map[h][0], "remote_file": node_path_map[h][1]} for h in targets
+        ]
+        self.log.info(f"SFTP upload of per-host files to {len(targets)} hosts")
+        client = self.client
+        subset = {"hosts": targets} if _engine(client) and targets != client.hosts else {}
+        cmds = client.copy_file("%(local_file)s", "%(remote_file)s", copy_args=copy_args, **subset)
+        client.pool.join()
+        results: dict[str, str] = {}
+        for cmd, host in zip(cmds, targets):
             try:
-                outcome = self._upload(
-                    client, {h: tuple(node_path_map[h]) for h in targets}, recurse=False
-                )
-            except Exception as exc:  # never raises, as CVS: every host fails with the cause
-                outcome = {h: exc for h in targets}
-        finally:
-            self._release(client)
-        result = {}
-        for host, exc in outcome.items():
-            if exc is None:
-                result[host] = f"{host}: SUCCESS"
-            else:
-                result[host] = f"{host}: FAILED - {exc}"
-                self.log.error(result[host])
-        return result
-
-    def _upload(
-        self, client: Any, files: Mapping[str, tuple[str, str]], recurse: bool
-    ) -> dict[str, BaseException | None]:
-        outcome: dict[str, BaseException | None] = dict.fromkeys(files)
-        plain: dict[str, tuple[str, str]] = {}
-        trees: dict[str, dict[str, str]] = {}  # local dir -> {host: remote dir}
-        for host, (local, remote) in files.items():
-            local = os.fspath(local)
-            if os.path.isdir(local):
-                if recurse:
-                    trees.setdefault(local, {})[host] = remote
-                else:
-                    outcome[host] = ValueError("Recurse must be true if local_file is a directory.")
-            elif not os.path.exists(local):
-                outcome[host] = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), local)
-            else:
-                plain[host] = (local, remote)
-        parents = {h: p for h, (_, r) in plain.items() if (p := _remote_parent(r))}
-        if parents:
-            mkdirs = {
-                h: f"[ -d {_quote(p)} ] || mkdir -p -- {_quote(p)}" for h, p in parents.items()
-            }
-            for r in client.exec_per_host(mkdirs):
-                if r.status != "ok":
-                    outcome[r.host] = self._transfer_error(r, "Error creating remote directory")
-                    plain.pop(r.host, None)
-        for r in client.upload_per_host(plain):
-            if r.status != "ok":
-                outcome[r.host] = self._transfer_error(r, "Error writing to remote file")
-        for local, remotes in trees.items():
-            # A directory travels as a tar stream on stdin (held in memory: trees are small).
-            data = _tar_directory(local)
-            cmds = {
-                h: f"mkdir -p -- {_quote(d)} && tar -xf - -C {_quote(d)}"
-                for h, d in remotes.items()
-            }
-            for r in client.exec_per_host(cmds, stdin=data):
-                if r.status != "ok":
-                    outcome[r.host] = self._transfer_error(r, "Error writing to remote directory")
-        return outcome
-
-    @staticmethod
-    def _transfer_error(result: Any, what: str) -> BaseException:
-        exc = exception_for(result)
-        if exc is None:
-            detail = (result.stderr or result.error or f"exit code {result.exit_code}").strip()
-            exc = SFTPIOError(f"{what} on host {result.host} - {detail}")
-            exc.host = result.host  # type: ignore[attr-defined]
-        return exc
+                cmd.get()
+                results[host] = f"{host}: SUCCESS"
+            except Exception as exc:
+                results[host] = f"{host}: FAILED - {exc}"
+                self.log.error(results[host])
+        return results
 
     def download_file(
         self,
@@ -855,33 +470,32 @@ class Pssh:
         suffix_separator: str = "_",
         hosts: Sequence[str] | None = None,
     ) -> dict[str, str]:
-        """Copy ``remote_file`` from every reachable host (or ``hosts``, main) to
+        """Copy ``remote_file`` from every reachable host (or ``hosts``, CVS main) to
         ``f"{local_file}{suffix_separator}{host}"``; returns ``{host: that path}``. Raises
         ``ValueError("SFTP download requested unreachable host(s): [...]")`` for unknown or
         pruned hosts and ``IOError("download_file '<r>' -> '<l>' failed on k/n hosts: ...")``
-        when a host fails (files from the other hosts are in place, as with parallel-ssh)."""
-        client = self._acquire()
-        try:
-            targets = self._select_reachable_hosts(hosts, list(client.hosts))
-            self.log.info(f"SFTP download of {remote_file} from {len(targets)} hosts")
-            dests = {h: f"{local_file}{suffix_separator}{h}" for h in targets}
-            if recurse:
-                outcome = self._download_any(client, remote_file, dests)
+        when a host fails (nothing partial is returned)."""
+        targets = self._select_reachable_hosts(hosts)
+        self.log.info(f"SFTP download of {remote_file} from {len(targets)} hosts")
+        client = self.client
+        kwargs: dict[str, Any] = {"recurse": recurse, "suffix_separator": suffix_separator}
+        if hosts is not None and targets != list(self.reachable_hosts):
+            if _engine(client):
+                kwargs["hosts"] = targets
             else:
-                outcome = self._download_files(client, remote_file, local_file, dests)
-        finally:
-            self._release(client)
-        failures = [(h, e) for h, e in outcome.items() if e is not None]
+                client = self._new_client(targets)  # CVS main: a temporary client
+        cmds = client.copy_remote_file(remote_file, local_file, **kwargs)
+        client.pool.join()
+        failures = _failures(cmds, targets)
         if failures:
             raise OSError(
                 f"download_file '{remote_file}' -> '{local_file}' failed on "
                 f"{len(failures)}/{len(targets)} hosts: {failures}"
             ) from failures[0][1]
-        return dests
+        return {h: f"{local_file}{suffix_separator}{h}" for h in targets}
 
-    def _select_reachable_hosts(
-        self, hosts: Sequence[str] | None, reachable: list[str]
-    ) -> list[str]:
+    def _select_reachable_hosts(self, hosts: Sequence[str] | None) -> list[str]:
+        reachable = list(self.reachable_hosts)
         if hosts is None:
             return reachable
         wanted = list(dict.fromkeys(hosts))
@@ -890,102 +504,49 @@ class Pssh:
             raise ValueError(f"SFTP download requested unreachable host(s): {bad}")
         return wanted
 
-    def _download_files(
-        self, client: Any, remote: str, local_file: str, dests: dict[str, str]
-    ) -> dict[str, BaseException | None]:
-        outcome: dict[str, BaseException | None] = dict.fromkeys(dests)
-        if not dests:
-            return outcome
-        parent = os.path.dirname(os.path.abspath(local_file))
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".cvs-core-download-", dir=parent)
-        try:
-            paths, failed = client.download(remote, staging, hosts=list(dests))
-            for r in failed:
-                outcome[r.host] = self._transfer_error(r, f"Error reading remote file {remote}")
-            for host, path in paths.items():
-                try:
-                    os.makedirs(os.path.dirname(os.path.abspath(dests[host])), exist_ok=True)
-                    os.replace(path, dests[host])
-                except OSError as exc:
-                    outcome[host] = exc
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return outcome
-
-    def _download_any(
-        self, client: Any, remote: str, dests: dict[str, str]
-    ) -> dict[str, BaseException | None]:
-        """recurse=True: a file or a whole directory (tar on stdout, held in memory)."""
-        outcome: dict[str, BaseException | None] = dict.fromkeys(dests)
-        q = _quote(remote)
-        script = (
-            f"if [ -d {q} ]; then printf D; exec tar -C {q} -cf - .; "
-            f"elif [ -e {q} ]; then printf F; exec cat -- {q}; "
-            f"else echo 'Remote file or directory {remote} does not exist' >&2; exit 2; fi"
-        )
-        for r in client.exec(script, hosts=list(dests)):
-            if r.status != "ok":
-                outcome[r.host] = self._transfer_error(r, f"Error reading remote path {remote}")
-                continue
-            data = r.stdout_bytes
-            dest = dests[r.host]
-            try:
-                os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
-                if data[:1] == b"D":
-                    os.makedirs(dest, exist_ok=True)
-                    with tarfile.open(fileobj=io.BytesIO(data[1:]), mode="r:") as tar:
-                        _extract(tar, dest)
-                else:
-                    with open(dest, "wb") as fh:
-                        fh.write(data[1:])
-            except (OSError, tarfile.TarError) as exc:
-                outcome[r.host] = exc
-        return outcome
-
     # -- connections -------------------------------------------------------------------------
     def reboot_connections(self) -> None:
-        """Send ``reboot -f`` to every reachable host without waiting for output (as CVS)."""
+        """Send ``reboot -f`` to every reachable host without reading the output (CVS)."""
         self.log.info("Rebooting Connections")
-        client = self._acquire()
+        client = self.client
+        if not _engine(client):
+            client.run_command("reboot -f", stop_on_errors=self.stop_on_errors)
+            return
+        # cvs-core's client returns when the command ends, which for a reboot is when the host
+        # drops the connection: run it in the background, bounded, as parallel-ssh's
+        # fire-and-forget call behaved.
+        stop = self.stop_on_errors
 
         def run() -> None:
             try:
-                client.exec("reboot -f", timeout=REBOOT_TIMEOUT_S)
+                client.run_command("reboot -f", stop_on_errors=stop, read_timeout=REBOOT_TIMEOUT_S)
             except Exception as exc:  # nobody reads this call's outcome
                 self.log.debug(f"reboot -f: {exc}")
-            finally:
-                self._release(client)
 
         threading.Thread(target=run, name="cvs-core-reboot", daemon=True).start()
 
     def destroy_clients(self) -> None:
-        """Close every connection of this handle. Fixed (contract §9.2): CVS only dropped the
-        client at fa4ca32e and relied on parallel-ssh internals on main. A later call
-        reconnects."""
+        """Drop the client (CVS: ``del self.client``; a later call raises AttributeError).
+        cvs-core's client is also closed: CVS at fa4ca32e leaked its sessions (contract §9.2)."""
         self.log.info("Destroying Current phdl connections ..")
-        with self._lock:
+        with self._state_lock():
             client = self.__dict__.pop("client", None)
-        if client is not None:
+        if _engine(client):
             client.close()
 
 
-def _tar_directory(path: str) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name in sorted(os.listdir(path)):
-            tar.add(os.path.join(path, name), arcname=name)
-    return buf.getvalue()
+def _inactivity(inactivity_timeout: float | None) -> dict[str, Any]:
+    """CVS main's ``inactivity_timeout``, passed on only when the caller gave one, so the call
+    forms stay fa4ca32e's otherwise."""
+    return {} if inactivity_timeout is None else {"inactivity_timeout": inactivity_timeout}
 
 
-def _extract(tar: tarfile.TarFile, dest: str) -> None:
-    # The "data" filter (3.12+, backported) refuses absolute paths, links out of dest, devices.
-    if hasattr(tarfile, "data_filter"):
-        tar.extractall(dest, filter="data")
-        return
-    root = os.path.realpath(dest)
-    for member in tar.getmembers():
-        target = os.path.realpath(os.path.join(dest, member.name))
-        if not (target == root or target.startswith(root + os.sep)) or member.isdev():
-            raise tarfile.TarError(f"refusing to extract {member.name!r} outside {dest}")
-    tar.extractall(dest)
+def _failures(cmds: Sequence[Any], hosts: Sequence[str]) -> list[tuple[str, BaseException]]:
+    """``(host, exc)`` for every copy whose ``.get()`` raised, paired by position (CVS)."""
+    failures = []
+    for cmd, host in zip(cmds, hosts):
+        try:
+            cmd.get()
+        except Exception as exc:
+            failures.append((host, exc))
+    return failures
