@@ -390,18 +390,28 @@ pub async fn run(
             // Awaited even on Ctrl-C: the caller returns once the remote work is stopped (or
             // is known not to be), never while it still runs unobserved.
             let mut killed = kill_remote(session.clone(), token.clone(), &spec.kill_prefix).await;
-            // A kill that ran before the command had started its processes finds nothing, and
-            // the command would then start unobserved: while the channel stays open, kill again.
-            let mut tries = 0;
-            while killed == Killed::NothingFound && tries < 10 {
-                if tokio::time::timeout(Duration::from_millis(200), &mut io)
+            // The command's channel closing is the second proof: sshd closes it once the
+            // session's processes are gone. While it stays open, kill again: a kill that ran
+            // before the command had started its processes found nothing (the command would
+            // then start unobserved), and one that raced a fork missed the child.
+            let mut closed = false;
+            for _ in 0..10 {
+                if let Killed::NotConfirmed(_) = killed {
+                    break; // the host does not answer: more attempts only delay the caller
+                }
+                if tokio::time::timeout(Duration::from_millis(300), &mut io)
                     .await
                     .is_ok()
                 {
-                    break; // the command's channel closed: nothing of it runs any more
+                    closed = true;
+                    break;
                 }
                 killed = kill_remote(session.clone(), token.clone(), &spec.kill_prefix).await;
-                tries += 1;
+            }
+            if !closed && killed == Killed::Confirmed {
+                killed = Killed::NotConfirmed(
+                    "the command's channel stayed open after its processes were killed".into(),
+                );
             }
             let mut r = HostResult::failed(
                 host,
