@@ -1,24 +1,19 @@
 """CVS's ``cvs.core.orchestrators.baremetal``: commands run on the hosts themselves.
 
-Seams kept from CVS (callers and tests rely on them):
+Seams kept from CVS (callers and tests rely on them; ``shared/spec/cvs-test-seams.md``):
 
-- ``Pssh`` is this module's global, looked up when an orchestrator is built, so
+- ``Pssh`` is this module's global, looked up when it is used, so
   ``mock.patch("...orchestrators.baremetal.Pssh")`` works. ``__init__`` calls it exactly twice
-  (``head`` over ``[hosts[0]]``, then ``all``) with CVS's arguments.
+  (``head`` over ``[hosts[0]]``, then ``all``) with CVS's arguments, and a host-subset
+  ``exec``/``setup_env`` builds one more per call that is never destroyed (B14).
 - Full-cluster calls go through ``self.all.exec(cmd, timeout=..., detailed=...)`` with keywords.
   ``print_console`` (CVS main) is forwarded only when it is not the default, so callers that
   assert fa4ca32e's exact call still match.
 
-Fixed here (contract §9):
-
-- A host subset no longer leaks a connection handle per call (§9.2). Handles of the cvs_core
-  engine are kept per subset (bounded, closed by ``cleanup()``/``close()``) and reused, so a
-  readiness loop polling one host opens one connection, not one per poll. A substituted
-  ``Pssh`` (a test double, another transport) is used the way CVS main does: built for the
-  call, then ``destroy_clients()`` in ``finally``.
-- ``build_mpi_cmd`` checks that the stale hostfile was removed and the new one written (CVS
-  main's errors) instead of launching mpirun against a missing or stale hostfile.
-- ``exec(hosts=[])`` runs nowhere (``{}``): CVS's falsy test turned "no hosts" into "all hosts".
+Changed under the seam: when ``Pssh`` is cvs-core's engine class and nothing in its
+construction was replaced (``_engine``), a host subset reuses a kept handle (bounded, closed by
+``cleanup()``/``close()``) instead of opening and leaking one connection per host on every call
+(contract §9.2): a readiness loop polling one host opens one connection, not one per poll.
 """
 
 from __future__ import annotations
@@ -28,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from cvs_core.compat._engine import is_engine_class
 from cvs_core.compat._results import console_kw as _console_kw
 from cvs_core.compat._results import exit_code as _exit_code
 from cvs_core.compat._results import failed_hosts as _failed_hosts
@@ -149,8 +145,6 @@ class BaremetalOrchestrator(Orchestrator):
             return self.all.exec(
                 cmd, timeout=timeout, detailed=detailed, **_console_kw(print_console)
             )
-        if not hosts:
-            return {}
         return self._exec_subset(cmd, hosts, timeout, detailed, print_console)
 
     def exec_on_host(
@@ -189,35 +183,44 @@ class BaremetalOrchestrator(Orchestrator):
         detailed: bool,
         print_console: Any,
     ) -> Any:
-        handle, temporary = self._subset_handle(hosts)
-        try:
-            return handle.exec(
-                cmd, timeout=timeout, detailed=detailed, **_console_kw(print_console)
+        kw = _console_kw(print_console)
+        if not is_engine_class(Pssh, _ENGINE_PSSH):
+            # CVS fa4ca32e: a new handle per call, never destroyed (seams B14). Whoever replaced
+            # the class counts these constructions; a double holds no connection to leak.
+            handle = Pssh(
+                self.log,
+                hosts,
+                user=self.user,
+                password=self.password,
+                pkey=self.pkey,
+                host_key_check=False,
+                stop_on_errors=self.stop_on_errors,
             )
-        finally:
-            if temporary:
-                _destroy(handle, self.log)
+            return handle.exec(cmd, timeout=timeout, detailed=detailed, **kw)
+        if not hosts:
+            return {}  # what a handle over no host answers
+        handle = self._kept_subset_handle(hosts)
+        return handle.exec(cmd, timeout=timeout, detailed=detailed, **kw)
 
-    def _subset_handle(self, hosts: Sequence[str]) -> tuple[Any, bool]:
-        """A handle over ``hosts`` and whether the caller must destroy it after one use."""
+    def _kept_subset_handle(self, hosts: Sequence[str]) -> Any:
+        """The engine handle kept for ``hosts`` (built on first use, least recently used one
+        closed beyond ``MAX_SUBSET_HANDLES``): a subset polled in a loop opens its connections
+        once, where CVS opened and leaked them on every call."""
         key = tuple(hosts)
         with self._subset_lock:
             cached = self._subset_handles.get(key)
             if cached is not None:
                 self._subset_handles.move_to_end(key)
-                return cached, False
-        handle = Pssh(
+                return cached
+        handle = _ENGINE_PSSH(
             self.log,
-            hosts,
+            list(hosts),
             user=self.user,
             password=self.password,
             pkey=self.pkey,
             host_key_check=False,
             stop_on_errors=self.stop_on_errors,
         )
-        # type(), not isinstance: a Mock(spec=Pssh) claims to be one.
-        if not issubclass(type(handle), _ENGINE_PSSH):
-            return handle, True
         evicted: list[Any] = []
         with self._subset_lock:
             raced = self._subset_handles.get(key)
@@ -230,7 +233,7 @@ class BaremetalOrchestrator(Orchestrator):
                     evicted.append(self._subset_handles.popitem(last=False)[1])
         for old in evicted:
             _destroy(old, self.log)
-        return handle, False
+        return handle
 
     def close(self) -> None:
         """Close every connection this orchestrator holds. ``head`` and ``all`` are destroyed

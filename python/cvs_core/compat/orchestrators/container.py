@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import getpass
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,6 +49,15 @@ SSHD_STEP_TIMEOUT_S = 10
 SSHD_SETTLE_S = 2
 MPI_TIMEOUT_S = 600
 NO_CONTAINERS = "No containers running. Call setup_containers() first."
+# Which InfiniBand expansion ``docker run`` ends with: ``cvs`` (the default) is CVS's literal,
+# which passes the unmatched glob to docker on hosts without /dev/infiniband devices, so docker
+# refuses to start; ``guarded`` keeps only devices that exist.
+ENV_INFINIBAND_EXPANSION = "CVS_CORE_INFINIBAND_EXPANSION"
+_EXPANSIONS = {
+    "cvs": cvs_core.INFINIBAND_EXPANSION,
+    "guarded": cvs_core.INFINIBAND_EXPANSION_GUARDED,
+}
+_ECHO = "set -o pipefail; echo "
 
 
 def sshd_port_listen_probe_cmd(port: int = DEFAULT_SSHD_PORT) -> str:
@@ -322,11 +332,22 @@ class ContainerOrchestrator(BaremetalOrchestrator):
             environment=environment,
             groups=groups,
             ulimits=ulimits,
-            device_expansion=cvs_core.INFINIBAND_EXPANSION,
+            device_expansion=self._device_expansion(),
         )
         if not started:
             return False
         return self._provision_container()
+
+    def _device_expansion(self) -> str:
+        choice = os.environ.get(ENV_INFINIBAND_EXPANSION, "").strip().lower() or "cvs"
+        expansion = _EXPANSIONS.get(choice)
+        if expansion is None:
+            self.log.warning(
+                f"{ENV_INFINIBAND_EXPANSION}={choice!r} is not one of {sorted(_EXPANSIONS)}; "
+                "using CVS's InfiniBand expansion"
+            )
+            return _EXPANSIONS["cvs"]
+        return expansion
 
     def _provision_container(self) -> bool:
         """Run ``container.setup_script`` in every freshly launched container."""
