@@ -9,6 +9,8 @@ Seams kept from CVS (callers and tests rely on them; ``shared/spec/cvs-test-seam
 - Full-cluster calls go through ``self.all.exec(cmd, timeout=..., detailed=...)`` with keywords.
   ``print_console`` (CVS main) is forwarded only when it is not the default, so callers that
   assert fa4ca32e's exact call still match.
+- ``build_mpi_cmd``/``get_mpi_command``/``distribute_using_mpi`` are fa4ca32e's (O8-O10),
+  including its unchecked hostfile writes.
 
 Changed under the seam: when ``Pssh`` is cvs-core's engine class and nothing in its
 construction was replaced (``_engine``), a host subset reuses a kept handle (bounded, closed by
@@ -26,7 +28,6 @@ from typing import Any
 from cvs_core.compat._engine import is_engine_class
 from cvs_core.compat._results import console_kw as _console_kw
 from cvs_core.compat._results import exit_code as _exit_code
-from cvs_core.compat._results import failed_hosts as _failed_hosts
 from cvs_core.compat.parallel_ssh_lib import Pssh
 
 from .base import Orchestrator
@@ -60,14 +61,6 @@ def _last_line(output: Any) -> str:
         output = output.get("output", "")
     lines = str(output or "").strip().splitlines()
     return lines[-1].strip() if lines else ""
-
-
-def _args_text(args: Any) -> str:
-    if not args:
-        return ""
-    if isinstance(args, str):
-        return args
-    return " ".join(str(a) for a in args)
 
 
 class BaremetalOrchestrator(Orchestrator):
@@ -307,15 +300,11 @@ class BaremetalOrchestrator(Orchestrator):
         return True
 
     def cleanup(self, hosts: Sequence[str] | None) -> bool:
-        self.log.info("Baremetal cleanup: nothing was set up on the hosts")
+        self.log.info(f"Cleaning up on {len(hosts or ())} hosts")
         self._close_subset_handles()
         return True
 
     # -- MPI -------------------------------------------------------------------------------
-    def _mpi_hostfile_sudo(self) -> str:
-        # /tmp is sticky: another user's stale hostfile can only be removed with sudo (CVS).
-        return "sudo "
-
     def build_mpi_cmd(
         self,
         rank_cmd: str,
@@ -326,45 +315,36 @@ class BaremetalOrchestrator(Orchestrator):
         mpi_extra_args: Any = None,
         no_of_global_ranks: int | None = None,
     ) -> str:
-        """Write the hostfile on the head node and return the ``mpirun`` command line."""
+        """Write the hostfile on the head node and return the ``mpirun`` command line.
+
+        CVS's two ``exec_on_head(cmd)`` calls (seams O8): no timeout, not detailed, results
+        ignored. A stale hostfile that could not be removed, or a write that failed, goes
+        unnoticed until mpirun reads the file (CVS main checks both and raises).
+        """
         host_lines = "".join(f"{host} slots={ranks_per_host}\n" for host in mpi_hosts)
-        removed = self.exec_on_head(
-            f"{self._mpi_hostfile_sudo()}rm -f {MPI_HOSTFILE}", detailed=True
-        )
-        failed = _failed_hosts(removed)
-        if failed:
-            raise RuntimeError(f"Failed to remove stale MPI hostfile on hosts: {failed}")
-        written = self.exec_on_head(
-            f"bash -c 'echo \"{host_lines}\" > {MPI_HOSTFILE}'", detailed=True
-        )
-        failed = _failed_hosts(written)
-        if failed:
-            raise RuntimeError(f"Failed to write MPI hostfile on hosts: {failed}")
+        # /tmp is sticky: another user's stale hostfile can only be removed with sudo. In a
+        # container the same command runs inside it (where sudo may be missing: ignored too).
+        self.exec_on_head(f"sudo rm -f {MPI_HOSTFILE}")
+        self.exec_on_head(f"bash -c 'echo \"{host_lines}\" > {MPI_HOSTFILE}'")
         np = no_of_global_ranks or len(mpi_hosts) * ranks_per_host
-        runner_args = f"--np {np} --allow-run-as-root --hostfile {MPI_HOSTFILE}"
-        extra = _args_text(mpi_extra_args)
-        if extra:
-            runner_args = f"{runner_args} {extra}"
+        runner_args = [f"--np {np}", "--allow-run-as-root", f"--hostfile {MPI_HOSTFILE}"]
+        if isinstance(mpi_extra_args, str):
+            runner_args.append(mpi_extra_args)
+        elif mpi_extra_args:
+            runner_args.extend(str(a) for a in mpi_extra_args)
         return self.get_mpi_command(rank_cmd, runner_args, env_vars, mpi_install_dir)
 
     def get_mpi_command(
         self, rank_cmd: str, mpi_runner_args: Any, env_vars: Any, mpi_install_dir: str
     ) -> str:
-        parts = [
-            f"{mpi_install_dir}/mpirun",
-            "--mca plm_rsh_agent ssh",
-            f'--mca plm_rsh_args "-p {self.ssh_port} -o StrictHostKeyChecking=no '
-            f'-o UserKnownHostsFile=/dev/null"',
-        ]
-        runner = _args_text(mpi_runner_args)
-        if runner:
-            parts.append(runner)
-        if isinstance(env_vars, dict):
-            parts.extend(f"-x {k}={v}" for k, v in env_vars.items())
-        elif env_vars:
-            parts.extend(f"-x {kv}" for kv in env_vars)
-        parts.append(rank_cmd)
-        return " ".join(parts)
+        """CVS's f-string exactly (seams O9): empty ``env_vars`` leave two spaces before
+        ``rank_cmd``; ``mpi_runner_args`` is a list of words and ``env_vars`` a dict."""
+        ssh_opts = (
+            f'--mca plm_rsh_agent ssh --mca plm_rsh_args "-p {self.ssh_port} '
+            f'-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"'
+        )
+        env = " ".join(f"-x {k}={v}" for k, v in env_vars.items())
+        return f"{mpi_install_dir}/mpirun {ssh_opts} {' '.join(mpi_runner_args)} {env} {rank_cmd}"
 
     def distribute_using_mpi(
         self,
@@ -374,8 +354,15 @@ class BaremetalOrchestrator(Orchestrator):
         env_vars: Any,
         mpi_install_dir: str,
         mpi_extra_args: Any = None,
+        no_of_global_ranks: int | None = None,
     ) -> Any:
         full_cmd = self.build_mpi_cmd(
-            rank_cmd, mpi_hosts, ranks_per_host, env_vars, mpi_install_dir, mpi_extra_args
+            rank_cmd,
+            mpi_hosts,
+            ranks_per_host,
+            env_vars,
+            mpi_install_dir,
+            mpi_extra_args,
+            no_of_global_ranks,
         )
         return self.exec_on_head(full_cmd, timeout=500)
