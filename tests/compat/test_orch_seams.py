@@ -1,19 +1,21 @@
-"""CVS's seams of ``cvs.core.orchestrators`` (shared/spec/cvs-test-seams.md §1 B14, B17, B19 and
-§8.2 O2-O6, O8-O11), patched and inspected the way CVS's own tests do: module names replaced by
-doubles, the runtime a ``MagicMock`` from a patched ``RuntimeFactory``, exact call
+"""CVS's seams of ``cvs.core.orchestrators`` (shared/spec/cvs-test-seams.md §1 B14, B17, B19,
+B21, B23 and §8.2 O2-O11), patched and inspected the way CVS's own tests do: module names
+replaced by doubles, the runtime a ``MagicMock`` from a patched ``RuntimeFactory``, exact call
 forms and log lines asserted. One test (or a few) per row, named by its ID. Nothing here
 touches the network.
 """
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
 
-from cvs_core.compat.orchestrators import baremetal, container
+from cvs_core.compat.orchestrators import baremetal, container, factory
 
 from .conftest import HOSTS, logged, make_config, ok
 
@@ -115,6 +117,46 @@ def test_B19_container_names_use_the_module_s_re(monkeypatch) -> None:
     fake.sub.assert_called_once_with(r"[^a-zA-Z0-9_]", "_", "rocm/cvs:latest")
 
 
+# -- B21: VALID_CONTAINER_LIFETIMES ----------------------------------------------------------------
+def test_B21_valid_lifetimes_are_looked_up_per_call(monkeypatch) -> None:
+    monkeypatch.setattr(factory, "VALID_CONTAINER_LIFETIMES", ("no_launch", "per_run", "ephemeral"))
+    block = {"lifetime": "ephemeral"}
+    assert factory._resolve_container_lifetime(block) is block
+    with pytest.raises(ValueError) as info:
+        factory._resolve_container_lifetime({"lifetime": "persistent"})
+    assert str(info.value) == (
+        "container.lifetime must be one of ('no_launch', 'per_run', 'ephemeral'), got 'persistent'"
+    )
+    # The removed fields and the default are unchanged.
+    with pytest.raises(ValueError, match=r"container\.launch is removed"):
+        factory._resolve_container_lifetime({"lifetime": "ephemeral", "launch": True})
+    assert factory._resolve_container_lifetime({"image": "i"})["lifetime"] == "per_run"
+
+
+# -- B23: resolve_cluster_config_placeholders ------------------------------------------------------
+def test_B23_cluster_resolution_is_cvs_s_function_imported_at_call_time(monkeypatch) -> None:
+    utils_lib = types.ModuleType("cvs.lib.utils_lib")
+    resolved = {
+        "username": "patched",
+        "priv_key_file": "/k",
+        "node_dict": {"10.9.0.1": {}},
+    }
+    utils_lib.resolve_cluster_config_placeholders = mock.MagicMock(return_value=resolved)
+    monkeypatch.setitem(sys.modules, "cvs.lib.utils_lib", utils_lib)
+    cluster = {"username": "{user-id}", "priv_key_file": "/k", "node_dict": {"<changeme>": {}}}
+    cfg = factory.OrchestratorConfig.from_configs(cluster)
+    utils_lib.resolve_cluster_config_placeholders.assert_called_once_with(cluster)
+    assert (cfg.username, list(cfg.node_dict)) == ("patched", ["10.9.0.1"])
+
+
+def test_B23_without_cvs_the_core_resolves(monkeypatch, user) -> None:
+    monkeypatch.setitem(sys.modules, "cvs.lib.utils_lib", None)  # import raises ImportError
+    cfg = factory.OrchestratorConfig.from_configs(
+        {"username": "{user-id}", "priv_key_file": "/k", "node_dict": {"h": {}}}
+    )
+    assert cfg.username == "cvsuser"
+
+
 # -- O2: the sshd precheck runs on a single node too ----------------------------------------------
 def test_O2_single_host_runs_the_precheck(make_container) -> None:
     orch = make_container(hosts=["10.9.9.9"])
@@ -188,6 +230,20 @@ def test_O6_launch_writes_network_ipc_privileged_into_the_shared_args(make_conta
         "ipc": "host",
         "privileged": True,
     }
+
+
+# -- O7: OrchestratorConfig keeps the caller's container dict --------------------------------------
+def test_O7_config_keeps_and_fills_the_callers_dict_and_drops_unknown_kwargs() -> None:
+    block = {"image": "rocm/cvs:latest"}
+    cfg = make_config("container", container=block, ssh_port=2200, head_node_dict={"h": {}})
+    assert cfg.container is block
+    assert block == {
+        "image": "rocm/cvs:latest",
+        "lifetime": "per_run",
+        "setup_script": factory.DEFAULT_CONTAINER_SETUP_SCRIPT,
+    }
+    assert not hasattr(cfg, "ssh_port") and cfg.get("ssh_port") is None
+    assert cfg.get("head_node_dict") == {"h": {}}
 
 
 # -- O8: build_mpi_cmd's hostfile calls ------------------------------------------------------------
