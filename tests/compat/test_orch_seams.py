@@ -1,5 +1,5 @@
-"""CVS's seams of ``cvs.core.orchestrators`` (shared/spec/cvs-test-seams.md §1 B14, B17, B19,
-B21, B23 and §8.2 O2-O11), patched and inspected the way CVS's own tests do: module names
+"""CVS's seams of ``cvs.core.orchestrators`` (shared/spec/cvs-test-seams.md §1 B14, B16, B17,
+B19, B21-B23 and §8.2 O2-O11), patched and inspected the way CVS's own tests do: module names
 replaced by doubles, the runtime a ``MagicMock`` from a patched ``RuntimeFactory``, exact call
 forms and log lines asserted. One test (or a few) per row, named by its ID. Nothing here
 touches the network.
@@ -60,6 +60,15 @@ def test_B14_empty_subset_is_a_subset_call(log, pssh, bare) -> None:
     bare.exec("x", hosts=[])
     assert pssh.call_args == mock.call(log, [], **CREDS)
     pssh.handles[2].exec.assert_called_once_with("x", timeout=None, detailed=False)
+
+
+# -- B16: DEFAULT_CONTAINER_ARGS (compat matched already) ---------------------------------------
+def test_B16_default_container_args_are_read_per_call(make_container, monkeypatch) -> None:
+    orch = make_container()
+    defaults = dict(container.DEFAULT_CONTAINER_ARGS, devices=["/dev/null"], network_mode="bridge")
+    monkeypatch.setattr(container, "DEFAULT_CONTAINER_ARGS", defaults)
+    assert orch.get_devices() == ["/dev/null"]
+    assert orch.get_network_mode() == "bridge"
 
 
 # -- B17: MAX_INLINE_SETUP_SCRIPT_BYTES moves the limit either way ---------------------------------
@@ -131,6 +140,18 @@ def test_B21_valid_lifetimes_are_looked_up_per_call(monkeypatch) -> None:
     with pytest.raises(ValueError, match=r"container\.launch is removed"):
         factory._resolve_container_lifetime({"lifetime": "ephemeral", "launch": True})
     assert factory._resolve_container_lifetime({"image": "i"})["lifetime"] == "per_run"
+
+
+# -- B22: the two resolvers (compat matched already) ---------------------------------------------
+def test_B22_config_init_calls_the_module_s_resolvers(monkeypatch) -> None:
+    lifetime = mock.MagicMock(side_effect=lambda c: {**c, "lifetime": "L"})
+    script = mock.MagicMock(side_effect=lambda c: {**c, "setup_script": "S"})
+    monkeypatch.setattr(factory, "_resolve_container_lifetime", lifetime)
+    monkeypatch.setattr(factory, "_resolve_container_setup_script", script)
+    cfg = make_config("container", container={"image": "i"})
+    lifetime.assert_called_once_with({"image": "i"})
+    script.assert_called_once_with({"image": "i", "lifetime": "L"})
+    assert cfg.container == {"image": "i", "lifetime": "L", "setup_script": "S"}
 
 
 # -- B23: resolve_cluster_config_placeholders ------------------------------------------------------

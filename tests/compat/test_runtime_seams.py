@@ -1,5 +1,5 @@
 """CVS's seams of ``cvs.core.runtimes`` (shared/spec/cvs-test-seams.md §2 C8, §0 A3, §8.3
-R1-R6, B19 for docker.py), patched and inspected the way CVS's own tests do: a real
+R1-R6, B19 for docker.py, B26), patched and inspected the way CVS's own tests do: a real
 ``BaremetalOrchestrator`` whose ``Pssh`` is a double and whose ``all.exec`` answers from a
 ``side_effect`` list, ``cvs.lib.parallel_ssh_lib.Pssh`` replaced, exact call lists asserted.
 One test (or a few) per row, named by its ID. Nothing here touches the network.
@@ -158,6 +158,14 @@ def test_R2_an_empty_result_is_success(log, real_orch) -> None:
     assert rt.teardown_containers("c1") is True
     real_orch.all.exec.side_effect = [{HOSTS[0]: {"output": "", "exit_code": 1}}]
     assert rt.check_image_exists("rocm/cvs:latest") is False
+
+
+# -- B26: CONTAINER_START_TIMEOUT_S (compat matched already) -------------------------------------
+def test_B26_start_timeout_is_read_per_call(log, real_orch, monkeypatch) -> None:
+    monkeypatch.setattr(docker, "CONTAINER_START_TIMEOUT_S", 42)
+    real_orch.all.exec.return_value = ok()
+    assert docker.DockerRuntime(log, real_orch).setup_containers(launch_config(), "c1") is True
+    assert real_orch.all.exec.call_args.kwargs == {"timeout": 42, "detailed": True}
 
 
 # -- R3: docker run ends with CVS's literal expansion --------------------------------------------
