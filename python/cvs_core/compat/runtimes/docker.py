@@ -124,10 +124,10 @@ class DockerRuntime:
         kw = _console_kw(print_console)
         engine = is_engine_class(cls, baremetal._ENGINE_PSSH)
         if engine and issubclass(type(orch), baremetal.BaremetalOrchestrator):
-            handle = orch.all
-            if not (
-                set(hosts) == set(orch.hosts) and issubclass(type(handle), baremetal._ENGINE_PSSH)
-            ):
+            # getattr: an orchestrator built with __init__ replaced may lack either.
+            handle = getattr(orch, "all", None)
+            every_host = set(hosts) == set(getattr(orch, "hosts", None) or ())
+            if not (every_host and issubclass(type(handle), baremetal._ENGINE_PSSH)):
                 handle = orch._kept_subset_handle(hosts)
             return handle.exec(exec_cmd, timeout=timeout, detailed=detailed, **kw)
         handle = cls(
