@@ -448,6 +448,8 @@ def run_worker(
         # CVS's Pssh reads the host keys' whereabouts from the environment.
         env["CVS_CORE_SSH_CONFIG"] = spec["ssh_config"]
         env["CVS_CORE_KNOWN_HOSTS"] = spec["known_hosts"]
+        # CVS's InfiniBand expansion passes its unmatched glob to docker on nodes without IB.
+        env["CVS_CORE_INFINIBAND_EXPANSION"] = "guarded"
     err_path = spec_path.parent / f"worker-{uuid.uuid4().hex[:8]}.err"
     with open(err_path, "w") as err:
         proc = subprocess.Popen(

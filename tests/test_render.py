@@ -141,6 +141,11 @@ def test_provision_size_guard() -> None:
         "container.setup_script '/x.sh' is too large for inline delivery (16385 bytes > 16384). "
         "Slim the script, or bake the packages into the image."
     )
+    # A caller's limit moves the boundary both ways, still inclusive.
+    assert cvs_core.provision_command(b"#" * 20000, limit=20000)
+    with pytest.raises(cvs_core.ScriptTooLargeError) as info:
+        cvs_core.provision_command(b"#" * 11, limit=10)
+    assert (info.value.size, info.value.limit) == (11, 10)
 
 
 def test_provision_stdin_runs_any_size_script_in_a_real_shell() -> None:

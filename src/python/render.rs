@@ -131,11 +131,20 @@ pub fn quote(py: Python<'_>, s: &str) -> PyResult<String> {
     guard(py, || render::quote(s).py_err(py))
 }
 
-/// `set -o pipefail; echo <base64> | base64 -d | bash` for a script of at most 16384 bytes.
+/// `set -o pipefail; echo <base64> | base64 -d | bash` for a script of at most `limit` bytes
+/// (16384 by default).
 #[pyfunction]
-#[pyo3(signature = (script, *, label = "setup script"))]
-pub fn provision_command(py: Python<'_>, script: &[u8], label: &str) -> PyResult<String> {
-    guard(py, || render::provision_command(script, label).py_err(py))
+#[pyo3(signature = (script, *, label = "setup script", limit = None))]
+pub fn provision_command(
+    py: Python<'_>,
+    script: &[u8],
+    label: &str,
+    limit: Option<usize>,
+) -> PyResult<String> {
+    guard(py, || match limit {
+        Some(limit) => render::provision_command_limited(script, label, limit).py_err(py),
+        None => render::provision_command(script, label).py_err(py),
+    })
 }
 
 /// `docker exec -i <name> bash -c <runner>`: send the script on stdin, any size.
@@ -218,8 +227,8 @@ pub fn cvs_runtime_args(
     })
 }
 
-/// CVS's `docker run` assembly (`DockerRuntime.setup_containers`), values quoted once; CVS's
-/// InfiniBand expansion is rendered in its guarded form (CVS's breaks hosts without IB).
+/// CVS's `docker run` assembly (`DockerRuntime.setup_containers`), values quoted once; the
+/// InfiniBand expansion is rendered as given (CVS's literal, or its guarded form).
 #[pyfunction]
 #[pyo3(signature = (name, image, *, prefix = "sudo", volumes = None, environment = None,
     runtime_args = None, device_expansion = None))]

@@ -66,8 +66,9 @@ pub fn cvs_runtime_args(a: &CvsRuntimeArgs) -> Result<String> {
 
 /// CVS's `docker run -d --name <n> [--network host] -v.. -e.. <runtime args> [<expansion>]
 /// <image> sleep infinity`. `--network host` leads only when `runtime.args.network` is unset,
-/// as in CVS. `device_expansion` must be CVS's InfiniBand expansion (rendered guarded) or the
-/// guarded form: it is shell code, so no other text is accepted.
+/// as in CVS. `device_expansion` is rendered as given, and must be CVS's InfiniBand expansion
+/// (byte for byte what CVS's `docker run` ends with) or its guarded form: it is shell code, so
+/// no other text is accepted.
 pub fn cvs_docker_run_command(
     prefix: &str,
     name: &str,
@@ -96,7 +97,7 @@ pub fn cvs_docker_run_command(
         None | Some("") => {}
         Some(e) if e == INFINIBAND_EXPANSION || e == INFINIBAND_EXPANSION_GUARDED => {
             out.push(' ');
-            out.push_str(INFINIBAND_EXPANSION_GUARDED);
+            out.push_str(e);
         }
         Some(other) => {
             return Err(Error::InvalidArgument(format!(
@@ -119,7 +120,7 @@ mod tests {
     }
 
     #[test]
-    fn cvs_default_rendering_with_the_guarded_expansion() {
+    fn cvs_default_rendering_ends_with_the_expansion_given() {
         let args = CvsRuntimeArgs {
             devices: s(&["/dev/kfd", "/dev/dri", "/dev/infiniband"]),
             cap_add: s(&["SYS_PTRACE", "IPC_LOCK", "SYS_ADMIN"]),
@@ -144,6 +145,7 @@ mod tests {
             Some(INFINIBAND_EXPANSION),
         )
         .unwrap();
+        // Contract §4.3's verified rendering, byte for byte.
         assert_eq!(
             cmd,
             "sudo docker run -d --name X1 -v /home/u:/workspace -v /home/u/.ssh:/host_ssh \
@@ -151,8 +153,24 @@ mod tests {
              /dev/infiniband --cap-add SYS_PTRACE --cap-add IPC_LOCK --cap-add SYS_ADMIN \
              --security-opt seccomp=unconfined --security-opt apparmor=unconfined --group-add \
              video --network host --ipc host --ulimit memlock=-1 --privileged \
-             $(for dev in /dev/infiniband/*; do [ -e \"$dev\" ] && echo -n \"--device $dev:$dev \"; done) \
+             $(for dev in /dev/infiniband/*; do echo -n \"--device $dev:$dev \"; done) \
              rocm/cvs:latest sleep infinity"
+        );
+        let guarded = cvs_docker_run_command(
+            "sudo",
+            "X1",
+            "img",
+            &[],
+            &[],
+            &CvsRuntimeArgs::default(),
+            Some(INFINIBAND_EXPANSION_GUARDED),
+        )
+        .unwrap();
+        assert_eq!(
+            guarded,
+            "sudo docker run -d --name X1 --network host \
+             $(for dev in /dev/infiniband/*; do [ -e \"$dev\" ] && echo -n \"--device $dev:$dev \"; done) \
+             img sleep infinity"
         );
     }
 

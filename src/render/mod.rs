@@ -21,7 +21,9 @@ pub use docker::{
     image_exists_command, image_sha_status_command, is_running_command, load_image_command,
     remove_command, sshd_precheck_command, sshd_setup_commands,
 };
-pub use provision::{STDIN_RUNNER, provision_command, provision_stdin_command};
+pub use provision::{
+    STDIN_RUNNER, provision_command, provision_command_limited, provision_stdin_command,
+};
 pub use quote::{join, quote};
 
 use crate::config::pyrepr::str_repr;

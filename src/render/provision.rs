@@ -20,11 +20,17 @@ pub const STDIN_RUNNER: &str = r#"f=$(mktemp) || exit 1; cat > "$f" || { rm -f "
 /// [`MAX_INLINE_SETUP_SCRIPT_BYTES`] are refused (exactly the limit is allowed, as in CVS),
 /// because the whole command line travels through SSH and `bash -c`.
 pub fn provision_command(script: &[u8], label: &str) -> Result<String> {
-    if script.len() > MAX_INLINE_SETUP_SCRIPT_BYTES {
+    provision_command_limited(script, label, MAX_INLINE_SETUP_SCRIPT_BYTES)
+}
+
+/// [`provision_command`] with another size limit (still inclusive). CVS reads its
+/// `MAX_INLINE_SETUP_SCRIPT_BYTES` on each call, so a caller that changes it moves the limit.
+pub fn provision_command_limited(script: &[u8], label: &str, limit: usize) -> Result<String> {
+    if script.len() > limit {
         return Err(Error::ScriptTooLarge {
             label: label.to_owned(),
             size: script.len(),
-            limit: MAX_INLINE_SETUP_SCRIPT_BYTES,
+            limit,
         });
     }
     let echo = join(&["echo".to_owned(), STANDARD.encode(script)])?;
@@ -94,6 +100,22 @@ mod tests {
             err.to_string(),
             "container.setup_script '/big.sh' is too large for inline delivery (16385 bytes > \
              16384). Slim the script, or bake the packages into the image."
+        );
+    }
+
+    #[test]
+    fn a_caller_moves_the_limit_either_way() {
+        let script = vec![b'#'; MAX_INLINE_SETUP_SCRIPT_BYTES + 10];
+        let cmd = provision_command_limited(&script, "s", script.len()).unwrap();
+        assert_eq!(decoded(&cmd), script);
+        let err = provision_command_limited(b"abc", "s", 2).unwrap_err();
+        assert_eq!(
+            err,
+            Error::ScriptTooLarge {
+                label: "s".to_owned(),
+                size: 3,
+                limit: 2,
+            }
         );
     }
 

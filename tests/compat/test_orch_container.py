@@ -146,7 +146,7 @@ def test_setup_without_image(make_container) -> None:
     orch.runtime.setup_containers.assert_not_called()
 
 
-def test_per_run_launches_with_copy_and_expansion(make_container) -> None:
+def test_per_run_launches_with_cvs_arguments_and_expansion(make_container) -> None:
     orch = make_container(runtime={"args": {"volumes": ["/d:/d"]}}, setup_script=None)
     orch.container_config["setup_script"] = None  # provisioning is tested separately
     caller_runtime = orch.container_config["runtime"]
@@ -163,8 +163,8 @@ def test_per_run_launches_with_copy_and_expansion(make_container) -> None:
         "ipc": "host",
         "privileged": True,
     }
-    # CVS wrote network/ipc/privileged into the caller's runtime.args; not any more.
-    assert caller_runtime == {"args": {"volumes": ["/d:/d"]}}
+    # CVS's shallow copy: the caller's runtime.args received network/ipc/privileged (O6).
+    assert launch_config["runtime"] is caller_runtime
     assert call.kwargs == {
         "volumes": ["/home/bob:/workspace", "/home/bob/.ssh:/host_ssh", "/d:/d"],
         "devices": orch.get_devices(),
@@ -220,14 +220,6 @@ def test_provisioning_only_after_fresh_launch(make_container, lifetime, probe, p
     assert provision.called is provisions
     assert orch.runtime.setup_containers.called is provisions
     assert orch.container_id == "cvs_c"
-
-
-def test_unknown_lifetime_never_launches(make_container) -> None:
-    orch = make_container()
-    orch.container_config["lifetime"] = "sometimes"
-    assert orch.setup_containers() is False
-    orch.runtime.setup_containers.assert_not_called()
-    assert "container.lifetime must be one of" in logged(orch.log.error)[0]
 
 
 # -- no_launch and verify_containers_running ---------------------------------------------------
@@ -548,15 +540,6 @@ def test_sshd_requires_container(make_container) -> None:
         orch.setup_sshd()
 
 
-def test_sshd_single_node_skips(make_container) -> None:
-    orch = make_container(hosts=["10.9.9.9"])
-    orch.container_id = "cvs_c"
-    orch.exec = mock.MagicMock()
-    assert orch.setup_sshd() is True
-    orch.exec.assert_not_called()
-    assert logged(orch.log.info)[-1].startswith("Single-node run: skipping in-container sshd")
-
-
 def test_sshd_already_running_everywhere(sshd) -> None:
     sshd.exec.return_value = ok()
     with mock.patch("time.sleep") as sleep:
@@ -664,16 +647,16 @@ def test_teardown_keeps_user_and_persistent_containers(make_container, lifetime)
     orch.log.debug.assert_called()
 
 
-@pytest.mark.parametrize(
-    ("lifetime", "removes"), [("per_run", True), ("no_launch", False), ("persistent", False)]
-)
-def test_cleanup_respects_lifetime(make_container, lifetime, removes) -> None:
+@pytest.mark.parametrize("lifetime", ["per_run", "no_launch", "persistent"])
+def test_cleanup_removes_whatever_the_lifetime(make_container, lifetime) -> None:
+    # CVS's cleanup ignores the lifetime (seams O5; teardown_containers is the one that
+    # follows it).
     orch = make_container(lifetime)
     orch.container_id = "cvs_c"
     orch.runtime.teardown_containers.return_value = True
     assert orch.cleanup(HOSTS) is True
-    assert orch.runtime.teardown_containers.called is removes
-    assert (orch.container_id is None) is removes
+    orch.runtime.teardown_containers.assert_called_once_with("cvs_c")
+    assert orch.container_id is None
 
 
 def test_cleanup_keeps_id_when_removal_failed(make_container) -> None:
@@ -701,7 +684,6 @@ def test_exec_positional_convention(make_container) -> None:
     "call",
     [
         lambda o: o.exec("ls"),
-        lambda o: o.exec_on_head("ls"),
         lambda o: o.exec_cmd_list(["a", "b", "c"]),
     ],
 )
@@ -757,15 +739,19 @@ def test_setup_env_runs_on_hosts_in_every_branch(make_container) -> None:
 def test_distribute_using_mpi_in_container(make_container) -> None:
     orch = make_container()
     orch.container_id = "cvs_c"
-    orch.runtime.exec_on_head.side_effect = [ok(HOSTS[0]), ok(HOSTS[0]), {HOSTS[0]: "done"}]
+    orch.runtime.exec_on_head.side_effect = [{HOSTS[0]: "sudo: not found"}, "", {HOSTS[0]: "done"}]
     out = orch.distribute_using_mpi(
         "./a.out", HOSTS[:2], 8, {"NCCL_DEBUG": "INFO"}, "/opt/ompi/bin"
     )
     assert out == {HOSTS[0]: "done"}
     rm, write, run = orch.runtime.exec_on_head.call_args_list
-    # In the container we are root; the rm is checked now, so no in-container sudo.
-    assert rm == mock.call("cvs_c", "rm -f /tmp/mpi_hosts.txt", None, detailed=True)
-    assert write.args[1].startswith('bash -c \'echo "10.0.0.1 slots=8\n10.0.0.2 slots=8\n"')
+    # CVS's in-container "sudo rm", results ignored (seams O8).
+    assert rm == mock.call("cvs_c", "sudo rm -f /tmp/mpi_hosts.txt", None)
+    assert write == mock.call(
+        "cvs_c",
+        "bash -c 'echo \"10.0.0.1 slots=8\n10.0.0.2 slots=8\n\" > /tmp/mpi_hosts.txt'",
+        None,
+    )
     assert run == mock.call(
         "cvs_c",
         '/opt/ompi/bin/mpirun --mca plm_rsh_agent ssh --mca plm_rsh_args "-p 2224 -o '

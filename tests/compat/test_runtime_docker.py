@@ -1,5 +1,6 @@
 """compat ``runtimes.docker`` (contract §4.3, §7.2): exact docker command strings, call
-conventions, the privilege prefix, setup/teardown flows and host subsets."""
+conventions, the privilege prefix, setup/teardown flows and host subsets. The seam rows
+themselves (R1-R6, A3, C8) are in ``test_runtime_seams.py``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from unittest import mock
 
 import pytest
 
+import cvs_core
 from cvs_core.compat.orchestrators import baremetal, container
 from cvs_core.compat.runtimes import docker
 
@@ -18,11 +20,9 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from cvs_core.compat import parallel_ssh_lib
 
-# CVS's expansion passes the unmatched glob on hosts without InfiniBand and docker refuses to
-# start; the drop-in keeps only devices that exist (the one deliberate difference here).
-EXPANSION = (
-    '$(for dev in /dev/infiniband/*; do [ -e "$dev" ] && echo -n "--device $dev:$dev "; done)'
-)
+# CVS's expansion, which the container orchestrator passes and docker run ends with.
+EXPANSION = '$(for dev in /dev/infiniband/*; do echo -n "--device $dev:$dev "; done)'
+assert EXPANSION == cvs_core.INFINIBAND_EXPANSION
 # Contract §4.3, "verified rendering for a default config", with --name X1 and user u.
 VERIFIED_RUN = (
     "sudo docker run -d --name X1 -v /home/u:/workspace -v /home/u/.ssh:/host_ssh -e GPUS=8 "
@@ -46,33 +46,52 @@ def rt(log, orch) -> docker.DockerRuntime:
     return docker.DockerRuntime(log, orch)
 
 
+@pytest.fixture
+def probe(monkeypatch) -> None:
+    """CVS main's privilege prefix: ``orchestrator.sudo_prefix()``."""
+    monkeypatch.setenv(docker.ENV_DOCKER_SUDO, "probe")
+
+
 def test_start_timeout_constant() -> None:
     assert docker.CONTAINER_START_TIMEOUT_S == 900
 
 
 # -- privilege prefix --------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("prefix", "want"),
+    ("mode", "prefix", "want"),
     [
-        (None, "sudo docker exec c1 bash -c 'echo hi; ls'"),  # Mock -> fa4ca32e's literal
-        ("sudo -n ", "sudo -n docker exec c1 bash -c 'echo hi; ls'"),
-        ("", "docker exec c1 bash -c 'echo hi; ls'"),
+        (None, "sudo -n ", "sudo docker exec c1 bash -c 'echo hi; ls'"),  # fa4ca32e's literal
+        ("sudo", "", "sudo docker exec c1 bash -c 'echo hi; ls'"),
+        ("probe", None, "sudo docker exec c1 bash -c 'echo hi; ls'"),  # a Mock: the literal
+        ("probe", "sudo -n ", "sudo -n docker exec c1 bash -c 'echo hi; ls'"),
+        ("probe", "", "docker exec c1 bash -c 'echo hi; ls'"),
+        ("none", "sudo -n ", "docker exec c1 bash -c 'echo hi; ls'"),
     ],
 )
-def test_exec_string_per_prefix(rt, orch, prefix, want) -> None:
+def test_exec_string_per_prefix(rt, orch, monkeypatch, mode, prefix, want) -> None:
+    if mode is not None:
+        monkeypatch.setenv(docker.ENV_DOCKER_SUDO, mode)
     if prefix is not None:
         orch.sudo_prefix.return_value = prefix
     rt.exec("c1", "echo hi; ls")
     orch.all.exec.assert_called_once_with(want, timeout=None, detailed=False)
+    assert orch.sudo_prefix.called is (mode == "probe")
 
 
-def test_prefix_probe_failure_falls_back(rt, orch) -> None:
+def test_unknown_prefix_mode_warns_and_uses_sudo(rt, orch, monkeypatch) -> None:
+    monkeypatch.setenv(docker.ENV_DOCKER_SUDO, "maybe")
+    rt.exec("c1", "ls")
+    assert orch.all.exec.call_args.args[0] == "sudo docker exec c1 bash -c ls"
+    assert "CVS_CORE_DOCKER_SUDO='maybe'" in logged(rt.log.warning)[0]
+
+
+def test_prefix_probe_failure_falls_back(rt, orch, probe) -> None:
     orch.sudo_prefix.side_effect = OSError("ssh down")
     rt.exec("c1", "ls")
     assert orch.all.exec.call_args.args[0] == "sudo docker exec c1 bash -c ls"
 
 
-def test_prefix_comes_from_a_real_orchestrator(log, pssh) -> None:
+def test_prefix_comes_from_a_real_orchestrator(log, pssh, probe) -> None:
     orch = baremetal.BaremetalOrchestrator(log, make_config())
     orch.all.exec.side_effect = [{h: "0\n" for h in HOSTS}, ok(), ok()]
     rt = docker.DockerRuntime(log, orch)
@@ -105,7 +124,7 @@ def test_exec_subset_with_a_foreign_orchestrator(rt, orch, log) -> None:
     with mock.patch.object(parallel_ssh_lib, "Pssh") as cls:
         out = rt.exec("c1", "ls", hosts=[HOSTS[1]], timeout=5)
     cls.assert_called_once_with(
-        log,
+        orch.log,
         [HOSTS[1]],
         user="u",
         password=None,
@@ -116,30 +135,15 @@ def test_exec_subset_with_a_foreign_orchestrator(rt, orch, log) -> None:
     handle = cls.return_value
     assert out is handle.exec.return_value
     handle.exec.assert_called_once_with("sudo docker exec c1 bash -c ls", timeout=5, detailed=False)
-    handle.destroy_clients.assert_called_once_with()  # no leaked session (CVS main, #293)
+    handle.destroy_clients.assert_not_called()  # CVS fa4ca32e never closed it
     orch.all.exec.assert_not_called()
 
 
-def test_exec_subset_through_a_real_orchestrator_reuses_its_handles(log, pssh) -> None:
-    orch = container.ContainerOrchestrator(
-        log, make_config("container", container={"image": "rocm/cvs:latest"})
-    )
-    rt = orch.runtime
-    assert isinstance(rt, docker.DockerRuntime)
-    orch._needs_sudo = True  # already probed
-    with mock.patch.object(parallel_ssh_lib, "Pssh") as foreign:
-        rt.exec("c1", "ls", hosts=list(reversed(HOSTS)))  # every host: the full handle
-        rt.exec("c1", "ls", hosts=[HOSTS[2]])
-    foreign.assert_not_called()
+def test_exec_empty_subset_runs_on_every_host(rt, orch) -> None:
+    rt.exec("c1", "ls", hosts=[])
     orch.all.exec.assert_called_once_with(
-        "sudo -n docker exec c1 bash -c ls", timeout=None, detailed=False
+        "sudo docker exec c1 bash -c ls", timeout=None, detailed=False
     )
-    assert pssh.call_count == 3 and pssh.call_args.args[1] == [HOSTS[2]]
-
-
-def test_exec_empty_subset_runs_nowhere(rt, orch) -> None:
-    assert rt.exec("c1", "ls", hosts=[]) == {}
-    orch.all.exec.assert_not_called()
 
 
 def test_exec_on_head(rt, orch) -> None:
@@ -219,7 +223,7 @@ def test_image_sha_status(rt, orch) -> None:
 
 @pytest.mark.parametrize(
     ("answer", "exists"),
-    [(ok(), True), ({HOSTS[0]: {"output": "", "exit_code": 1}}, False), ({}, False)],
+    [(ok(), True), ({HOSTS[0]: {"output": "", "exit_code": 1}}, False), ({}, True)],
 )
 def test_check_image_exists(rt, orch, answer, exists) -> None:
     orch.all.exec.return_value = answer
@@ -242,7 +246,7 @@ def test_load_image(rt, orch) -> None:
     )
 
 
-def test_pull_image(rt, orch) -> None:
+def test_pull_image(rt, orch, probe) -> None:
     orch.sudo_prefix.return_value = "sudo -n "
     rt.pull_image("rocm/cvs:latest")
     orch.all.exec.assert_called_once_with(
@@ -257,7 +261,7 @@ def test_registry_login_requires_fields(rt, orch) -> None:
     orch.all.exec.assert_not_called()
 
 
-def test_registry_login_command_and_failure(rt, orch) -> None:
+def test_registry_login_command_and_failure(rt, orch, probe) -> None:
     orch.sudo_prefix.return_value = "sudo -n "
     orch.all.exec.return_value = {HOSTS[0]: {"output": "denied", "exit_code": 1}}
     cfg = {"server": "reg.io", "username": "bot", "password_file": "/run/secrets/pw"}
@@ -310,8 +314,6 @@ def test_setup_through_the_orchestrator_is_cvs_verified(log, pssh, monkeypatch) 
     block = {"image": "rocm/cvs:latest", "name": "X1", "setup_script": None}
     orch = container.ContainerOrchestrator(log, make_config("container", container=block))
     orch.container_config["setup_script"] = None
-    orch._needs_sudo = None
-    orch._sudo_unknown = True  # keep fa4ca32e's literal sudo
     orch.all.exec.return_value = ok()
     assert orch.setup_containers() is True
     assert orch.all.exec.call_args_list[-1] == mock.call(VERIFIED_RUN, timeout=900, detailed=True)
@@ -386,7 +388,7 @@ def test_setup_image_tar_load_failure(rt, orch) -> None:
     assert orch.all.exec.call_count == 2  # never removed or started anything
 
 
-def test_setup_registry_logs_in_and_pulls_missing_image(rt, orch) -> None:
+def test_setup_registry_logs_in_and_pulls_missing_image(rt, orch, probe) -> None:
     orch.sudo_prefix.return_value = "sudo -n "
     registry = {"server": "reg.io", "username": "bot", "password_file": "/pw"}
     cfg = launch_config()
@@ -437,7 +439,7 @@ def test_teardown_without_name(rt, orch) -> None:
     orch.all.exec.assert_not_called()
 
 
-# -- _build_runtime_args -----------------------------------------------------------------------
+# -- _build_runtime_args ---------------------------------------------------------------------
 def test_build_runtime_args_order() -> None:
     out = docker.DockerRuntime._build_runtime_args(
         {
@@ -448,22 +450,30 @@ def test_build_runtime_args_order() -> None:
             "group_add": ["video"],
             "security_opt": ["seccomp=unconfined"],
             "cap_add": ["SYS_PTRACE"],
-            "env": {"A": "1"},
+            "env": {"AB": "ignored"},  # CVS's loop: the key's two characters
             "devices": ["/dev/kfd"],
             "volumes": ["/a:/b"],
             "unknown": ["ignored"],
         }
     )
-    assert out == (
-        "-v /a:/b --device /dev/kfd -e A=1 --cap-add SYS_PTRACE --security-opt seccomp=unconfined "
+    assert " ".join(out) == (
+        "-v /a:/b --device /dev/kfd -e A=B --cap-add SYS_PTRACE --security-opt seccomp=unconfined "
         "--group-add video --network host --ipc host --ulimit memlock=-1 --privileged"
     )
 
 
 def test_build_runtime_args_falsy_values() -> None:
-    assert docker.DockerRuntime._build_runtime_args({}) == ""
-    assert docker.DockerRuntime._build_runtime_args(None) == ""
+    assert docker.DockerRuntime._build_runtime_args({}) == []
+    assert docker.DockerRuntime._build_runtime_args(None) == []
     assert (
         docker.DockerRuntime._build_runtime_args({"network": "", "ipc": None, "privileged": False})
-        == ""
+        == []
     )
+
+
+def test_run_renders_runtime_args_env_as_written(rt, orch) -> None:
+    # docker run itself does not go through _build_runtime_args' env loop.
+    cfg = launch_config()
+    cfg["runtime"]["args"]["env"] = {"NCCL_DEBUG": "INFO"}
+    assert rt.setup_containers(cfg, "c1") is True
+    assert " -e NCCL_DEBUG=INFO " in orch.all.exec.call_args.args[0]

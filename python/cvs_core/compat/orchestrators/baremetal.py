@@ -1,24 +1,21 @@
 """CVS's ``cvs.core.orchestrators.baremetal``: commands run on the hosts themselves.
 
-Seams kept from CVS (callers and tests rely on them):
+Seams kept from CVS (callers and tests rely on them; ``shared/spec/cvs-test-seams.md``):
 
-- ``Pssh`` is this module's global, looked up when an orchestrator is built, so
+- ``Pssh`` is this module's global, looked up when it is used, so
   ``mock.patch("...orchestrators.baremetal.Pssh")`` works. ``__init__`` calls it exactly twice
-  (``head`` over ``[hosts[0]]``, then ``all``) with CVS's arguments.
+  (``head`` over ``[hosts[0]]``, then ``all``) with CVS's arguments, and a host-subset
+  ``exec``/``setup_env`` builds one more per call that is never destroyed (B14).
 - Full-cluster calls go through ``self.all.exec(cmd, timeout=..., detailed=...)`` with keywords.
   ``print_console`` (CVS main) is forwarded only when it is not the default, so callers that
   assert fa4ca32e's exact call still match.
+- ``build_mpi_cmd``/``get_mpi_command``/``distribute_using_mpi`` are fa4ca32e's (O8-O10),
+  including its unchecked hostfile writes.
 
-Fixed here (contract §9):
-
-- A host subset no longer leaks a connection handle per call (§9.2). Handles of the cvs_core
-  engine are kept per subset (bounded, closed by ``cleanup()``/``close()``) and reused, so a
-  readiness loop polling one host opens one connection, not one per poll. A substituted
-  ``Pssh`` (a test double, another transport) is used the way CVS main does: built for the
-  call, then ``destroy_clients()`` in ``finally``.
-- ``build_mpi_cmd`` checks that the stale hostfile was removed and the new one written (CVS
-  main's errors) instead of launching mpirun against a missing or stale hostfile.
-- ``exec(hosts=[])`` runs nowhere (``{}``): CVS's falsy test turned "no hosts" into "all hosts".
+Changed under the seam: when ``Pssh`` is cvs-core's engine class and nothing in its
+construction was replaced (``_engine``), a host subset reuses a kept handle (bounded, closed by
+``cleanup()``/``close()``) instead of opening and leaking one connection per host on every call
+(contract §9.2): a readiness loop polling one host opens one connection, not one per poll.
 """
 
 from __future__ import annotations
@@ -28,9 +25,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from cvs_core.compat._engine import is_engine_class
 from cvs_core.compat._results import console_kw as _console_kw
 from cvs_core.compat._results import exit_code as _exit_code
-from cvs_core.compat._results import failed_hosts as _failed_hosts
 from cvs_core.compat.parallel_ssh_lib import Pssh
 
 from .base import Orchestrator
@@ -64,14 +61,6 @@ def _last_line(output: Any) -> str:
         output = output.get("output", "")
     lines = str(output or "").strip().splitlines()
     return lines[-1].strip() if lines else ""
-
-
-def _args_text(args: Any) -> str:
-    if not args:
-        return ""
-    if isinstance(args, str):
-        return args
-    return " ".join(str(a) for a in args)
 
 
 class BaremetalOrchestrator(Orchestrator):
@@ -149,8 +138,6 @@ class BaremetalOrchestrator(Orchestrator):
             return self.all.exec(
                 cmd, timeout=timeout, detailed=detailed, **_console_kw(print_console)
             )
-        if not hosts:
-            return {}
         return self._exec_subset(cmd, hosts, timeout, detailed, print_console)
 
     def exec_on_host(
@@ -189,35 +176,44 @@ class BaremetalOrchestrator(Orchestrator):
         detailed: bool,
         print_console: Any,
     ) -> Any:
-        handle, temporary = self._subset_handle(hosts)
-        try:
-            return handle.exec(
-                cmd, timeout=timeout, detailed=detailed, **_console_kw(print_console)
+        kw = _console_kw(print_console)
+        if not is_engine_class(Pssh, _ENGINE_PSSH):
+            # CVS fa4ca32e: a new handle per call, never destroyed (seams B14). Whoever replaced
+            # the class counts these constructions; a double holds no connection to leak.
+            handle = Pssh(
+                self.log,
+                hosts,
+                user=self.user,
+                password=self.password,
+                pkey=self.pkey,
+                host_key_check=False,
+                stop_on_errors=self.stop_on_errors,
             )
-        finally:
-            if temporary:
-                _destroy(handle, self.log)
+            return handle.exec(cmd, timeout=timeout, detailed=detailed, **kw)
+        if not hosts:
+            return {}  # what a handle over no host answers
+        handle = self._kept_subset_handle(hosts)
+        return handle.exec(cmd, timeout=timeout, detailed=detailed, **kw)
 
-    def _subset_handle(self, hosts: Sequence[str]) -> tuple[Any, bool]:
-        """A handle over ``hosts`` and whether the caller must destroy it after one use."""
+    def _kept_subset_handle(self, hosts: Sequence[str]) -> Any:
+        """The engine handle kept for ``hosts`` (built on first use, least recently used one
+        closed beyond ``MAX_SUBSET_HANDLES``): a subset polled in a loop opens its connections
+        once, where CVS opened and leaked them on every call."""
         key = tuple(hosts)
         with self._subset_lock:
             cached = self._subset_handles.get(key)
             if cached is not None:
                 self._subset_handles.move_to_end(key)
-                return cached, False
-        handle = Pssh(
+                return cached
+        handle = _ENGINE_PSSH(
             self.log,
-            hosts,
+            list(hosts),
             user=self.user,
             password=self.password,
             pkey=self.pkey,
             host_key_check=False,
             stop_on_errors=self.stop_on_errors,
         )
-        # type(), not isinstance: a Mock(spec=Pssh) claims to be one.
-        if not issubclass(type(handle), _ENGINE_PSSH):
-            return handle, True
         evicted: list[Any] = []
         with self._subset_lock:
             raced = self._subset_handles.get(key)
@@ -230,7 +226,7 @@ class BaremetalOrchestrator(Orchestrator):
                     evicted.append(self._subset_handles.popitem(last=False)[1])
         for old in evicted:
             _destroy(old, self.log)
-        return handle, False
+        return handle
 
     def close(self) -> None:
         """Close every connection this orchestrator holds. ``head`` and ``all`` are destroyed
@@ -304,15 +300,11 @@ class BaremetalOrchestrator(Orchestrator):
         return True
 
     def cleanup(self, hosts: Sequence[str] | None) -> bool:
-        self.log.info("Baremetal cleanup: nothing was set up on the hosts")
+        self.log.info(f"Cleaning up on {len(hosts or ())} hosts")
         self._close_subset_handles()
         return True
 
     # -- MPI -------------------------------------------------------------------------------
-    def _mpi_hostfile_sudo(self) -> str:
-        # /tmp is sticky: another user's stale hostfile can only be removed with sudo (CVS).
-        return "sudo "
-
     def build_mpi_cmd(
         self,
         rank_cmd: str,
@@ -323,45 +315,36 @@ class BaremetalOrchestrator(Orchestrator):
         mpi_extra_args: Any = None,
         no_of_global_ranks: int | None = None,
     ) -> str:
-        """Write the hostfile on the head node and return the ``mpirun`` command line."""
+        """Write the hostfile on the head node and return the ``mpirun`` command line.
+
+        CVS's two ``exec_on_head(cmd)`` calls (seams O8): no timeout, not detailed, results
+        ignored. A stale hostfile that could not be removed, or a write that failed, goes
+        unnoticed until mpirun reads the file (CVS main checks both and raises).
+        """
         host_lines = "".join(f"{host} slots={ranks_per_host}\n" for host in mpi_hosts)
-        removed = self.exec_on_head(
-            f"{self._mpi_hostfile_sudo()}rm -f {MPI_HOSTFILE}", detailed=True
-        )
-        failed = _failed_hosts(removed)
-        if failed:
-            raise RuntimeError(f"Failed to remove stale MPI hostfile on hosts: {failed}")
-        written = self.exec_on_head(
-            f"bash -c 'echo \"{host_lines}\" > {MPI_HOSTFILE}'", detailed=True
-        )
-        failed = _failed_hosts(written)
-        if failed:
-            raise RuntimeError(f"Failed to write MPI hostfile on hosts: {failed}")
+        # /tmp is sticky: another user's stale hostfile can only be removed with sudo. In a
+        # container the same command runs inside it (where sudo may be missing: ignored too).
+        self.exec_on_head(f"sudo rm -f {MPI_HOSTFILE}")
+        self.exec_on_head(f"bash -c 'echo \"{host_lines}\" > {MPI_HOSTFILE}'")
         np = no_of_global_ranks or len(mpi_hosts) * ranks_per_host
-        runner_args = f"--np {np} --allow-run-as-root --hostfile {MPI_HOSTFILE}"
-        extra = _args_text(mpi_extra_args)
-        if extra:
-            runner_args = f"{runner_args} {extra}"
+        runner_args = [f"--np {np}", "--allow-run-as-root", f"--hostfile {MPI_HOSTFILE}"]
+        if isinstance(mpi_extra_args, str):
+            runner_args.append(mpi_extra_args)
+        elif mpi_extra_args:
+            runner_args.extend(str(a) for a in mpi_extra_args)
         return self.get_mpi_command(rank_cmd, runner_args, env_vars, mpi_install_dir)
 
     def get_mpi_command(
         self, rank_cmd: str, mpi_runner_args: Any, env_vars: Any, mpi_install_dir: str
     ) -> str:
-        parts = [
-            f"{mpi_install_dir}/mpirun",
-            "--mca plm_rsh_agent ssh",
-            f'--mca plm_rsh_args "-p {self.ssh_port} -o StrictHostKeyChecking=no '
-            f'-o UserKnownHostsFile=/dev/null"',
-        ]
-        runner = _args_text(mpi_runner_args)
-        if runner:
-            parts.append(runner)
-        if isinstance(env_vars, dict):
-            parts.extend(f"-x {k}={v}" for k, v in env_vars.items())
-        elif env_vars:
-            parts.extend(f"-x {kv}" for kv in env_vars)
-        parts.append(rank_cmd)
-        return " ".join(parts)
+        """CVS's f-string exactly (seams O9): empty ``env_vars`` leave two spaces before
+        ``rank_cmd``; ``mpi_runner_args`` is a list of words and ``env_vars`` a dict."""
+        ssh_opts = (
+            f'--mca plm_rsh_agent ssh --mca plm_rsh_args "-p {self.ssh_port} '
+            f'-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"'
+        )
+        env = " ".join(f"-x {k}={v}" for k, v in env_vars.items())
+        return f"{mpi_install_dir}/mpirun {ssh_opts} {' '.join(mpi_runner_args)} {env} {rank_cmd}"
 
     def distribute_using_mpi(
         self,
@@ -371,8 +354,15 @@ class BaremetalOrchestrator(Orchestrator):
         env_vars: Any,
         mpi_install_dir: str,
         mpi_extra_args: Any = None,
+        no_of_global_ranks: int | None = None,
     ) -> Any:
         full_cmd = self.build_mpi_cmd(
-            rank_cmd, mpi_hosts, ranks_per_host, env_vars, mpi_install_dir, mpi_extra_args
+            rank_cmd,
+            mpi_hosts,
+            ranks_per_host,
+            env_vars,
+            mpi_install_dir,
+            mpi_extra_args,
+            no_of_global_ranks,
         )
         return self.exec_on_head(full_cmd, timeout=500)

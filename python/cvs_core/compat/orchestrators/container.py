@@ -3,33 +3,33 @@
 The lifetime decisions (``no_launch`` / ``per_run`` / ``persistent``), the probe parsing, the
 sshd and provisioning commands and the teardown rule come from the Rust core
 (``cvs_core.decide_setup``, ``decide_teardown``, ``hosts_needing_sshd``, ``provision_command``,
-``sshd_precheck_command``, ``sshd_setup_commands``, ``sanitize_container_name``); this module
-runs them through the runtime and logs CVS's lines.
+``sshd_precheck_command``, ``sshd_setup_commands``); this module runs them through the runtime
+and logs CVS's lines.
 
-Seams kept from CVS: ``RuntimeFactory`` and ``getpass`` are module globals looked up per call;
-``self.exec`` calls ``self.runtime.exec(self.container_id, cmd, hosts, timeout, detailed)``
-positionally (callers read ``call_args[0][1]``); ``setup_sshd`` does ``import time`` and calls
-``time.sleep(2)``; the setup script is read with the builtin ``open``.
+Seams kept from CVS (``shared/spec/cvs-test-seams.md``): ``RuntimeFactory``, ``getpass``,
+``base64``, ``re``, ``DEFAULT_CONTAINER_ARGS`` and ``MAX_INLINE_SETUP_SCRIPT_BYTES`` are module
+globals looked up per call; ``self.exec`` calls
+``self.runtime.exec(self.container_id, cmd, hosts, timeout, detailed)`` positionally (callers
+read ``call_args[0][1]``); ``setup_sshd`` does ``import time`` and calls ``time.sleep(2)``; the
+setup script is read with the builtin ``open``. Where a CVS bug sits on a seam, the seam wins
+and the bug stays (each is noted where it lives): ``_launch_containers`` writes into the
+caller's ``runtime.args``; ``exec_on_head`` without a container runs in container ``None``;
+``cleanup()`` removes the containers whatever the lifetime; an unknown lifetime launches and
+removes like ``per_run``; the in-container hostfile ``rm`` uses ``sudo``, unchecked.
 
-Fixed here (contract §9):
-
-- persistent: a host whose probe failed, or that did not answer, is never read as "absent"
-  (CVS fa4ca32e then cold-started with ``docker rm -f`` everywhere): setup refuses (§9.12).
-- ``_launch_containers`` works on a copy; CVS wrote network/ipc/privileged into the caller's
-  ``runtime.args`` (§9.15).
-- ``exec_on_head`` takes ``detailed``/``print_console`` and refuses to run without a container
-  (CVS sent ``docker exec None ...``).
-- ``cleanup()`` follows the lifetime like ``teardown_containers()``: it never removes a
-  ``no_launch`` or ``persistent`` container (§9.15).
-- ``setup_sshd`` treats a host missing from a probe's results as not ready, and ``setup_env``
-  runs every branch on the hosts (CVS ran the head-only branch in the container, the others on
-  the hosts, and the head-only branch raised TypeError at fa4ca32e).
+Fixed here where no seam is touched (contract §9): persistent setup refuses when a host that
+answered the probe reports a failed probe (CVS fa4ca32e cold-started with ``docker rm -f``
+everywhere, §9.12); ``setup_env`` runs every branch on the hosts (CVS ran the head-only branch
+in the container, where it raised TypeError at fa4ca32e).
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import getpass
+import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,6 +48,15 @@ SSHD_STEP_TIMEOUT_S = 10
 SSHD_SETTLE_S = 2
 MPI_TIMEOUT_S = 600
 NO_CONTAINERS = "No containers running. Call setup_containers() first."
+# Which InfiniBand expansion ``docker run`` ends with: ``cvs`` (the default) is CVS's literal,
+# which passes the unmatched glob to docker on hosts without /dev/infiniband devices, so docker
+# refuses to start; ``guarded`` keeps only devices that exist.
+ENV_INFINIBAND_EXPANSION = "CVS_CORE_INFINIBAND_EXPANSION"
+_EXPANSIONS = {
+    "cvs": cvs_core.INFINIBAND_EXPANSION,
+    "guarded": cvs_core.INFINIBAND_EXPANSION_GUARDED,
+}
+_ECHO = "set -o pipefail; echo "
 
 
 def sshd_port_listen_probe_cmd(port: int = DEFAULT_SSHD_PORT) -> str:
@@ -98,6 +107,7 @@ class ContainerOrchestrator(BaremetalOrchestrator):
         self.container_id: str | None = None
         runtime_name = (self.container_config.get("runtime") or {}).get("name") or "docker"
         self.runtime = RuntimeFactory.create(runtime_name, log, self)
+        self.log.info(f"ContainerOrchestrator initialized with runtime: {runtime_name}")
 
     # -- configuration getters (defaults + config additions, new lists each call) ----------
     def _runtime_args(self) -> dict[str, Any]:
@@ -150,7 +160,8 @@ class ContainerOrchestrator(BaremetalOrchestrator):
 
     @staticmethod
     def sanitize_container_name(image: str) -> str:
-        return cvs_core.sanitize_container_name(image)
+        # This module's ``re``, as CVS's (seams B19): a patch of it reaches the name.
+        return re.sub(r"[^a-zA-Z0-9_]", "_", image)
 
     @staticmethod
     def get_container_name(container_config: dict[str, Any], image: str) -> str:
@@ -158,7 +169,7 @@ class ContainerOrchestrator(BaremetalOrchestrator):
         name = (container_config or {}).get("name")
         if name:
             return name
-        return cvs_core.default_container_name(image, user=getpass.getuser())
+        return f"{getpass.getuser()}_{ContainerOrchestrator.sanitize_container_name(image)}"
 
     # -- lifecycle -------------------------------------------------------------------------
     def setup_containers(
@@ -187,13 +198,8 @@ class ContainerOrchestrator(BaremetalOrchestrator):
             "groups": groups,
             "ulimits": ulimits,
         }
-        if lifetime not in cvs_core.VALID_CONTAINER_LIFETIMES:
-            # Config resolution rejects this; a hand-built config must not fall into per_run.
-            self.log.error(
-                f"container.lifetime must be one of {cvs_core.VALID_CONTAINER_LIFETIMES}, "
-                f"got {lifetime!r}"
-            )
-            return False
+        # Any other value (config resolution rejects them; a hand-edited container_config does
+        # not) takes the per_run path, as in CVS (seams O4).
         if lifetime == "no_launch":
             return self.verify_containers_running(container_name)
         if lifetime == "persistent":
@@ -231,9 +237,7 @@ class ContainerOrchestrator(BaremetalOrchestrator):
             return self._launch_containers(*launch.values())
         if decision.kind == "need_image_status":
             self.container_id = container_name
-            self.log.info(
-                f"Persistent container '{container_name}' is running on all hosts, attaching"
-            )
+            self.log.info(f"Attaching to running container '{container_name}'")
             return self._verify_persistent_image(container_name, image)
         # refuse_probe_failed / refuse_partial: acting could destroy a live overlay.
         self.log.error(decision.message)
@@ -303,14 +307,13 @@ class ContainerOrchestrator(BaremetalOrchestrator):
         groups = self.get_groups() if groups is None else groups
         ulimits = self.get_ulimits() if ulimits is None else ulimits
 
-        launch_config = dict(self.container_config)
-        runtime = copy.deepcopy(self.container_config.get("runtime") or {})
-        args = runtime.get("args") or {}
+        # CVS's shallow copy (seams O6): ``runtime.args`` is the caller's dict, and network, ipc
+        # and privileged are written into it, so ``self.container_config`` shows them afterwards.
+        launch_config = self.container_config.copy()
+        args = launch_config.setdefault("runtime", {}).setdefault("args", {})
         args["network"] = self.get_network_mode()
         args["ipc"] = self.get_ipc_mode()
         args["privileged"] = self.is_privileged()
-        runtime["args"] = args
-        launch_config["runtime"] = runtime
 
         started = self.runtime.setup_containers(
             launch_config,
@@ -322,11 +325,22 @@ class ContainerOrchestrator(BaremetalOrchestrator):
             environment=environment,
             groups=groups,
             ulimits=ulimits,
-            device_expansion=cvs_core.INFINIBAND_EXPANSION,
+            device_expansion=self._device_expansion(),
         )
         if not started:
             return False
         return self._provision_container()
+
+    def _device_expansion(self) -> str:
+        choice = os.environ.get(ENV_INFINIBAND_EXPANSION, "").strip().lower() or "cvs"
+        expansion = _EXPANSIONS.get(choice)
+        if expansion is None:
+            self.log.warning(
+                f"{ENV_INFINIBAND_EXPANSION}={choice!r} is not one of {sorted(_EXPANSIONS)}; "
+                "using CVS's InfiniBand expansion"
+            )
+            return _EXPANSIONS["cvs"]
+        return expansion
 
     def _provision_container(self) -> bool:
         """Run ``container.setup_script`` in every freshly launched container."""
@@ -342,20 +356,14 @@ class ContainerOrchestrator(BaremetalOrchestrator):
         if isinstance(payload, str):
             payload = payload.encode()
         label = f"container.setup_script '{script}'"
-        # Checked against this module's constant too, so a caller may lower the limit; the core
-        # enforces 16384 whatever the constant says, with the same message.
+        # This module's constant, read now (seams B17): a caller may move the limit either way.
         limit = MAX_INLINE_SETUP_SCRIPT_BYTES
-        if len(payload) > limit:
-            self.log.error(
-                f"{label} is too large for inline delivery ({len(payload)} bytes > {limit}). "
-                "Slim the script, or bake the packages into the image."
-            )
-            return False
         try:
-            cmd = cvs_core.provision_command(payload, label=label)
+            cmd = cvs_core.provision_command(payload, label=label, limit=limit)
         except cvs_core.ScriptTooLargeError as exc:
             self.log.error(str(exc))
             return False
+        cmd = _with_encoding(cmd, base64.b64encode(payload).decode())
         results = self.exec(cmd, timeout=SETUP_SCRIPT_TIMEOUT_S, detailed=True)
         failed = False
         for host, result in (results if isinstance(results, dict) else {}).items():
@@ -378,12 +386,7 @@ class ContainerOrchestrator(BaremetalOrchestrator):
         """Start sshd on ``ssh_port`` in the containers that do not run it yet."""
         if not self.container_id:
             raise RuntimeError(NO_CONTAINERS)
-        if len(self.hosts) <= 1:
-            # CVS main (#224): one node needs no inter-node SSH.
-            self.log.info(
-                "Single-node run: skipping in-container sshd setup (no inter-node SSH needed)"
-            )
-            return True
+        # fa4ca32e runs the precheck on a single node too (seams O2; CVS main skips it).
         import time
 
         precheck_cmd = cvs_core.sshd_precheck_command(self.ssh_port)
@@ -424,7 +427,7 @@ class ContainerOrchestrator(BaremetalOrchestrator):
             return True
         decision = cvs_core.decide_setup("no_launch", status, hosts=hosts, name=container_name)
         if decision.kind == "verify_ok":
-            self.log.info(decision.message)
+            self.log.info(f"Verified container '{container_name}' is running on all hosts")
             self.container_id = container_name
             return True
         # fa4ca32e's per-host reasons, then CVS main's partition, in one line: logs are grepped
@@ -435,18 +438,9 @@ class ContainerOrchestrator(BaremetalOrchestrator):
         )
         return False
 
-    def _removes_containers(self) -> bool:
-        lifetime = self._lifetime()
-        try:
-            return cvs_core.decide_teardown(lifetime, self.container_id)
-        except ValueError:
-            self.log.warning(
-                f"Unknown container.lifetime {lifetime!r}: leaving containers in place"
-            )
-            return False
-
     def teardown_containers(self) -> bool:
-        """Remove the containers if this run owns them (per_run); keep them otherwise."""
+        """Remove the containers unless the lifetime keeps them (no_launch, persistent); any
+        other value, even one config resolution would reject, removes them, as in CVS (O4)."""
         lifetime = self._lifetime()
         if lifetime in ("no_launch", "persistent"):
             self.log.debug(
@@ -454,19 +448,23 @@ class ContainerOrchestrator(BaremetalOrchestrator):
                 f"'{self.container_id}' in place"
             )
             return True
-        if not self._removes_containers():
+        self.log.info("Tearing down containers...")
+        if not cvs_core.decide_teardown("per_run", self.container_id):
             return True
+        self.log.info(f"Stopping containers: {self.container_id}")
         result = self.runtime.teardown_containers(self.container_id)
         self.container_id = None
         return result
 
     def cleanup(self, hosts: Sequence[str] | None) -> bool:
+        """Remove the containers whatever the lifetime, as CVS does (seams O5): this removes a
+        ``no_launch`` or ``persistent`` container too. ``teardown_containers()`` is the call
+        that follows the lifetime."""
+        self.log.info(f"Cleaning up on {len(hosts or ())} hosts")
         self._close_subset_handles()
-        if not self._removes_containers():
-            self.log.debug(
-                f"Container lifetime is '{self._lifetime()}': cleanup leaves the containers"
-            )
+        if not self.container_id:
             return True
+        self.log.info(f"Stopping containers: {self.container_id}")
         result = self.runtime.teardown_containers(self.container_id)
         if result:
             self.container_id = None
@@ -495,8 +493,8 @@ class ContainerOrchestrator(BaremetalOrchestrator):
         detailed: bool = False,
         print_console: bool = True,
     ) -> Any:
-        if not self.container_id:
-            raise RuntimeError(NO_CONTAINERS)
+        # No container check, as CVS (seams O3): without a container the runtime is asked to
+        # run in container None (docker answers "No such container").
         kwargs: dict[str, Any] = {"detailed": True} if detailed else {}
         kwargs.update(_console_kw(print_console))
         return self.runtime.exec_on_head(self.container_id, cmd, timeout, **kwargs)
@@ -518,11 +516,6 @@ class ContainerOrchestrator(BaremetalOrchestrator):
         )
 
     # -- MPI -------------------------------------------------------------------------------
-    def _mpi_hostfile_sudo(self) -> str:
-        # The hostfile is written inside the container, as root; images often lack sudo, and
-        # CVS's in-container "sudo rm" only worked because its result was ignored.
-        return ""
-
     def distribute_using_mpi(
         self,
         rank_cmd: str,
@@ -531,8 +524,25 @@ class ContainerOrchestrator(BaremetalOrchestrator):
         env_vars: Any,
         mpi_install_dir: str,
         mpi_extra_args: Any = None,
+        no_of_global_ranks: int | None = None,
     ) -> Any:
         full_cmd = self.build_mpi_cmd(
-            rank_cmd, mpi_hosts, ranks_per_host, env_vars, mpi_install_dir, mpi_extra_args
+            rank_cmd,
+            mpi_hosts,
+            ranks_per_host,
+            env_vars,
+            mpi_install_dir,
+            mpi_extra_args,
+            no_of_global_ranks,
         )
         return self.exec_on_head(full_cmd, timeout=MPI_TIMEOUT_S)
+
+
+def _with_encoding(cmd: str, encoded: str) -> str:
+    """The core's provisioning command with CVS's base64 text (this module's ``base64``, seams
+    B19) in place of the core's: the same for any real script; a patched encoder is honoured,
+    and an empty script is ``echo  |`` as in CVS rather than the core's ``echo '' |``."""
+    native = cmd[len(_ECHO) :].split(" | base64 -d | bash", 1)[0]
+    if native == encoded:
+        return cmd
+    return cmd.replace(f"{_ECHO}{native} |", f"{_ECHO}{encoded} |", 1)

@@ -2,16 +2,18 @@
 
 Resolution is the Rust core's: ``cvs_core.resolve_container_lifetime``,
 ``cvs_core.resolve_container_setup_script`` and ``cvs_core.resolve_cluster_placeholders``, with
-CVS's messages. ``DEFAULT_CONTAINER_SETUP_SCRIPT``, ``BaremetalOrchestrator`` and
-``ContainerOrchestrator`` are module globals looked up per call, so callers may patch them.
+CVS's messages. The names CVS looks up per call are this module's globals, so callers may patch
+them: ``DEFAULT_CONTAINER_SETUP_SCRIPT``, ``VALID_CONTAINER_LIFETIMES``, the two
+``_resolve_container_*`` functions, ``BaremetalOrchestrator`` and ``ContainerOrchestrator``.
+``from_configs`` imports ``cvs.lib.utils_lib.resolve_cluster_config_placeholders`` when it runs,
+as CVS does; outside CVS (no ``cvs`` package) the core resolves the same way.
 
-Fixed here: ``OrchestratorConfig`` resolves a copy of the ``container`` block, so the caller's
-dict is never changed (CVS filled ``lifetime``/``setup_script`` into it).
+As in CVS, ``OrchestratorConfig(container=d)`` keeps the caller's dict ``d`` and fills
+``lifetime`` and ``setup_script`` into it (seams O7), and keys it does not know are dropped.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -36,8 +38,21 @@ def _resolve_container_lifetime(container: Any) -> Any:
     """CVS's lifetime resolution: mutates and returns ``container`` (falsy: untouched).
 
     ``enabled`` and ``launch`` are removed fields (hard errors); ``lifetime`` must be one of
-    ``VALID_CONTAINER_LIFETIMES`` and defaults to ``per_run``.
+    ``VALID_CONTAINER_LIFETIMES`` (this module's, read now: seams B21) and defaults to
+    ``per_run``.
     """
+    valid = VALID_CONTAINER_LIFETIMES
+    if (
+        isinstance(container, dict)
+        and "lifetime" in container
+        and "enabled" not in container
+        and "launch" not in container
+    ):
+        # The one check that reads the tuple; the removed fields and the default stay the core's.
+        value = container["lifetime"]
+        if value not in valid:
+            raise ValueError(f"container.lifetime must be one of {valid}, got {value!r}")
+        return container
     return cvs_core.resolve_container_lifetime(container)
 
 
@@ -84,6 +99,18 @@ def _placeholder_banner(exc: Any) -> str:
     )
 
 
+def _cluster_resolver() -> Any:
+    """CVS's ``resolve_cluster_config_placeholders``, imported now as CVS does (seams B23), so a
+    patch of ``cvs.lib.utils_lib`` replaces cluster resolution; the core's otherwise."""
+    try:
+        from cvs.lib.utils_lib import (  # type: ignore[import-not-found]
+            resolve_cluster_config_placeholders,
+        )
+    except ImportError:
+        return _resolve_cluster
+    return resolve_cluster_config_placeholders
+
+
 def _resolve_cluster(cluster: Any) -> Any:
     log = logging.getLogger()  # CVS's globals.log is the root logger
     log.info(
@@ -107,16 +134,14 @@ class OrchestratorConfig:
         missing = [k for k in _REQUIRED_KEYS if k not in kwargs]
         if missing:
             raise ValueError(f"OrchestratorConfig missing required keys: {missing}")
-        extra = {k: v for k, v in kwargs.items() if k not in _REQUIRED_KEYS}
-        for key, value in extra.items():
-            setattr(self, key, value)
         self.orchestrator = kwargs["orchestrator"]
         self.node_dict = kwargs["node_dict"]
         self.username = kwargs["username"]
         self.priv_key_file = kwargs["priv_key_file"]
         self.password = kwargs.get("password")
         self.head_node_dict = kwargs.get("head_node_dict", {})
-        container = copy.deepcopy(kwargs.get("container", {}))
+        # The caller's dict itself, resolved in place (CVS: a later edit of it shows here too).
+        container = kwargs.get("container", {})
         self.container = _resolve_container_setup_script(_resolve_container_lifetime(container))
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -136,7 +161,7 @@ class OrchestratorConfig:
         the merge is CVS's shallow, top-level one (a testsuite ``container`` block replaces the
         cluster's).
         """
-        cluster = _resolve_cluster(_load_document(cluster_config))
+        cluster = _cluster_resolver()(_load_document(cluster_config))
         merged = dict(cluster)
         if testsuite_config:
             merged.update(_load_document(testsuite_config))

@@ -1,27 +1,38 @@
 """CVS's ``cvs.core.runtimes.docker``: ``DockerRuntime`` and ``CONTAINER_START_TIMEOUT_S``.
 
 Every host command goes through ``orchestrator.all.exec`` (``orchestrator.head.exec`` for the
-head-only path), as in CVS. The command strings are cvs_core's renderers
+head-only path), in CVS fa4ca32e's call forms and with no call beyond fa4ca32e's list
+(``shared/spec/cvs-test-seams.md`` §8.3). The command strings are cvs_core's renderers
 (``cvs_core.docker_exec_command``, ``is_running_command``, ``image_sha_status_command``,
-``remove_command``, ``image_exists_command``, ``load_image_command``): with simple values they
-are CVS's strings byte for byte, and every value is quoted once (CPython ``shlex.quote``
-rules), so a volume with a space or an environment value with ``$`` reaches docker as written
-instead of being split or expanded by the host shell (CVS interpolated them unquoted).
+``remove_command``, ``image_exists_command``, ``load_image_command``,
+``cvs_docker_run_command``): with ordinary values they are CVS's strings byte for byte, and
+every value is quoted once (CPython ``shlex.quote`` rules), so a volume with a space or an
+environment value with ``$`` reaches docker as written instead of being split or expanded by
+the host shell (CVS interpolated them unquoted). ``docker exec``'s command is quoted with this
+module's ``shlex`` (seams B19).
 
-The privilege prefix is ``orchestrator.sudo_prefix()`` (CVS main, probed once) when the
-orchestrator provides one, else fa4ca32e's literal ``sudo``.
+The privilege prefix is fa4ca32e's literal ``sudo``. ``CVS_CORE_DOCKER_SUDO=probe`` asks
+``orchestrator.sudo_prefix()`` instead (CVS main: ``sudo -n `` or nothing, probed once with one
+extra ``all.exec``), ``none`` drops it (docker group). The probe is never made unasked: it would
+consume an answer that code driving ``all.exec`` with a ``side_effect`` list meant for docker.
 
-Fixed here (contract §9): a host subset reuses the orchestrator's connections instead of a new
-``Pssh`` per call that was never closed (§9.2); the caller's ``runtime.args`` is never changed
-(§9.15); ``registry_login`` and the explicit pull (CVS main) use the same privilege prefix.
+A host subset (``exec(hosts=[...])``) gets a new ``cvs.lib.parallel_ssh_lib.Pssh``, looked up
+at call time, on every call, never closed, as in CVS (A3, R5); only when that class is
+cvs-core's engine, unpatched, does it reuse a handle kept by the orchestrator instead of
+opening (and leaking) connections on every call. ``hosts=[]`` runs on every host, as CVS's
+truthiness test does. CVS main's ``registry_login``, ``pull_image`` and ``exec_cmd_list`` are
+here too; the first two run only for a ``runtime.args.registry`` key, which fa4ca32e ignored.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
 from collections.abc import Sequence
 from typing import Any
 
 import cvs_core
+from cvs_core.compat._engine import is_engine_class
 from cvs_core.compat._results import console_kw as _console_kw
 from cvs_core.compat._results import failed_hosts as _failed
 
@@ -39,9 +50,13 @@ PULL_TIMEOUT_S = 600
 LOGIN_TIMEOUT_S = 30
 
 
+ENV_DOCKER_SUDO = "CVS_CORE_DOCKER_SUDO"
+_SUDO_MODES = ("sudo", "probe", "none")
+
+
 def _all_ok(results: Any) -> bool:
-    # No answer from any host proves nothing: CVS's all() over an empty dict said True.
-    return isinstance(results, dict) and bool(results) and not _failed(results)
+    # CVS's all() over the exit codes: an empty result is success (seams R2).
+    return isinstance(results, dict) and not _failed(results)
 
 
 def _q(value: Any) -> str:
@@ -62,6 +77,15 @@ class DockerRuntime:
 
     # -- helpers ---------------------------------------------------------------------------
     def _prefix(self) -> str:
+        mode = os.environ.get(ENV_DOCKER_SUDO, "").strip().lower() or "sudo"
+        if mode == "none":
+            return ""
+        if mode != "probe":
+            if mode != "sudo":
+                self.log.warning(
+                    f"{ENV_DOCKER_SUDO}={mode!r} is not one of {list(_SUDO_MODES)}; using 'sudo'"
+                )
+            return "sudo"
         probe = getattr(self.orchestrator, "sudo_prefix", None)
         if callable(probe):
             try:
@@ -73,7 +97,17 @@ class DockerRuntime:
                 return prefix
         return "sudo"
 
-    def _exec_on_hosts(
+    def _wrap(self, container_name: Any, cmd: str, prefix: str) -> str:
+        """``<prefix> docker exec <name> bash -c <shlex.quote(cmd)>``; the name is CVS's
+        f-string text (``None`` without a container)."""
+        wrapped = cvs_core.docker_exec_command(str(container_name), cmd, prefix=prefix)
+        quoted = shlex.quote(cmd)  # this module's shlex, looked up now
+        native = cvs_core.quote(cmd)
+        if quoted != native:  # a patched shlex: what it returned, in CVS's place
+            wrapped = wrapped[: len(wrapped) - len(native)] + quoted
+        return wrapped
+
+    def _exec_subset(
         self,
         exec_cmd: str,
         hosts: Sequence[str],
@@ -81,44 +115,40 @@ class DockerRuntime:
         detailed: bool,
         print_console: Any,
     ) -> Any:
-        # Imported here: the orchestrators import this module (through the factory).
+        # Imported here, as CVS does: a patch of parallel_ssh_lib.Pssh reaches this path only.
+        from cvs_core.compat import parallel_ssh_lib
         from cvs_core.compat.orchestrators import baremetal
 
         orch = self.orchestrator
-        if issubclass(type(orch), baremetal.BaremetalOrchestrator):
-            # The orchestrator's host-level exec: its full-cluster handle when the subset is
-            # every host, else its kept per-subset handle.
-            return baremetal.BaremetalOrchestrator.exec(
-                orch,
-                exec_cmd,
-                hosts=hosts,
-                timeout=timeout,
-                detailed=detailed,
-                print_console=print_console,
-            )
-        # Any other orchestrator: CVS's subset handle, closed after the call (CVS main).
-        from cvs_core.compat import parallel_ssh_lib
-
-        phdl = parallel_ssh_lib.Pssh(
-            self.log,
+        cls = parallel_ssh_lib.Pssh
+        kw = _console_kw(print_console)
+        engine = is_engine_class(cls, baremetal._ENGINE_PSSH)
+        if engine and issubclass(type(orch), baremetal.BaremetalOrchestrator):
+            # getattr: an orchestrator built with __init__ replaced may lack either.
+            handle = getattr(orch, "all", None)
+            every_host = set(hosts) == set(getattr(orch, "hosts", None) or ())
+            if not (every_host and issubclass(type(handle), baremetal._ENGINE_PSSH)):
+                handle = orch._kept_subset_handle(hosts)
+            return handle.exec(exec_cmd, timeout=timeout, detailed=detailed, **kw)
+        handle = cls(
+            orch.log,
             hosts,
-            user=getattr(orch, "user", None),
-            password=getattr(orch, "password", None),
-            pkey=getattr(orch, "pkey", None),
+            user=orch.user,
+            password=orch.password,
+            pkey=orch.pkey,
             host_key_check=False,
-            stop_on_errors=getattr(orch, "stop_on_errors", False),
+            stop_on_errors=orch.stop_on_errors,
         )
-        try:
-            return phdl.exec(
-                exec_cmd, timeout=timeout, detailed=detailed, **_console_kw(print_console)
-            )
+        if not engine:
+            # CVS fa4ca32e: never destroyed. Whoever replaced the class sees only calls.
+            return handle.exec(exec_cmd, timeout=timeout, detailed=detailed, **kw)
+        try:  # an engine handle without an orchestrator to keep it: close its connections
+            return handle.exec(exec_cmd, timeout=timeout, detailed=detailed, **kw)
         finally:
-            destroy = getattr(phdl, "destroy_clients", None)
-            if callable(destroy):
-                try:
-                    destroy()
-                except Exception as exc:
-                    self.log.debug(f"destroy_clients failed: {exc}")
+            try:
+                handle.destroy_clients()
+            except Exception as exc:
+                self.log.debug(f"destroy_clients failed: {exc}")
 
     # -- images ----------------------------------------------------------------------------
     def check_image_exists(self, image: str) -> bool:
@@ -217,11 +247,12 @@ class DockerRuntime:
             self.log.error("Cannot start container: unknown device_expansion shell code")
             return False
 
-        image_tar = container_config.get("image_tar")
         registry = runtime_args.get("registry")
-        if image_tar:
+        if "image_tar" in container_config:  # the key, as CVS tests it, not its value
             if not self.check_image_exists(image):
-                failed = _failed(self.load_image(image_tar, timeout=SETUP_LOAD_TIMEOUT_S))
+                failed = _failed(
+                    self.load_image(container_config["image_tar"], timeout=SETUP_LOAD_TIMEOUT_S)
+                )
                 if failed:
                     self.log.error(f"Failed to load image tar on hosts: {failed}")
                     return False
@@ -240,8 +271,8 @@ class DockerRuntime:
         self.orchestrator.all.exec(
             cvs_core.remove_command(container_name, prefix=prefix), timeout=30, print_console=False
         )
-        # CVS's assembly and flag order, rendered by the core (every value quoted once; CVS's
-        # InfiniBand expansion in its guarded form, since CVS's breaks hosts without IB).
+        # CVS's assembly and flag order, rendered by the core (every value quoted once; the
+        # InfiniBand expansion as the orchestrator chose it).
         run_cmd = cvs_core.cvs_docker_run_command(
             container_name,
             image,
@@ -305,12 +336,11 @@ class DockerRuntime:
         detailed: bool = False,
         print_console: bool = True,
     ) -> Any:
-        """Run ``cmd`` in the container's shell (``docker exec <n> bash -c <cmd>``)."""
-        exec_cmd = cvs_core.docker_exec_command(container_name, cmd, prefix=self._prefix())
+        """Run ``cmd`` in the container's shell (``docker exec <n> bash -c <cmd>``) on ``hosts``,
+        every host when ``hosts`` is falsy (``None`` or ``[]``, CVS's truthiness test)."""
+        exec_cmd = self._wrap(container_name, cmd, self._prefix())
         if hosts:
-            return self._exec_on_hosts(exec_cmd, hosts, timeout, detailed, print_console)
-        if hosts is not None:
-            return {}  # an explicit empty subset runs nowhere (CVS ran it everywhere)
+            return self._exec_subset(exec_cmd, hosts, timeout, detailed, print_console)
         return self.orchestrator.all.exec(
             exec_cmd, timeout=timeout, detailed=detailed, **_console_kw(print_console)
         )
@@ -323,7 +353,7 @@ class DockerRuntime:
         detailed: bool = False,
         print_console: bool = True,
     ) -> Any:
-        exec_cmd = cvs_core.docker_exec_command(container_name, cmd, prefix=self._prefix())
+        exec_cmd = self._wrap(container_name, cmd, self._prefix())
         kwargs: dict[str, Any] = {"detailed": True} if detailed else {}
         kwargs.update(_console_kw(print_console))
         return self.orchestrator.head.exec(exec_cmd, timeout=timeout, **kwargs)
@@ -337,12 +367,38 @@ class DockerRuntime:
     ) -> Any:
         """``cmd_list[i]`` in the container on host ``i`` (CVS main); ``{host: str}``."""
         prefix = self._prefix()
-        wrapped = [cvs_core.docker_exec_command(container_name, c, prefix=prefix) for c in cmd_list]
+        wrapped = [self._wrap(container_name, c, prefix) for c in cmd_list]
         return self.orchestrator.all.exec_cmd_list(
             wrapped, timeout=timeout, print_console=print_console
         )
 
     @staticmethod
-    def _build_runtime_args(runtime_args: dict[str, Any] | None) -> str:
-        """``runtime.args`` as docker flags, in CVS's order; unknown keys are ignored."""
-        return cvs_core.cvs_runtime_args(dict(runtime_args or {}))
+    def _build_runtime_args(runtime_args: dict[str, Any] | None) -> list[Any]:
+        """``runtime.args`` as CVS's list of docker argument words, in CVS's order; unknown
+        keys are ignored. Kept with CVS's ``env`` bug (seams R4): the loop unpacks the dict's
+        keys as ``(k, v)`` pairs, so a 2-character key becomes ``-e K=V`` from its two
+        characters and any other key raises ValueError. ``setup_containers`` does not use this
+        list: the core renders ``docker run``, with ``env`` as written."""
+        d = runtime_args or {}
+        args: list[Any] = []
+        for volume in d.get("volumes") or []:
+            args.extend(["-v", volume])
+        for device in d.get("devices") or []:
+            args.extend(["--device", device])
+        for key, value in d.get("env") or {}:
+            args.extend(["-e", f"{key}={value}"])
+        for cap in d.get("cap_add") or []:
+            args.extend(["--cap-add", cap])
+        for opt in d.get("security_opt") or []:
+            args.extend(["--security-opt", opt])
+        for group in d.get("group_add") or []:
+            args.extend(["--group-add", group])
+        if d.get("network"):
+            args.extend(["--network", d["network"]])
+        if d.get("ipc"):
+            args.extend(["--ipc", d["ipc"]])
+        for limit in d.get("ulimit") or []:
+            args.extend(["--ulimit", limit])
+        if d.get("privileged"):
+            args.append("--privileged")
+        return args

@@ -1,4 +1,8 @@
-"""CVS's ``cvs.core.runtimes.enroot``: a stub, as in CVS (every call reports it is missing)."""
+"""CVS's ``cvs.core.runtimes.enroot``: a stub, as in CVS (every call reports it is missing).
+
+``setup_containers`` keeps CVS's two parameters, so ``ContainerOrchestrator.setup_containers``
+with ``runtime.name: enroot`` raises ``TypeError`` (the docker keywords), as it does in CVS.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ class EnrootRuntime:
         self.log = log
         self.orchestrator = orchestrator
 
-    def setup_containers(self, container_config: Any, container_name: str, **kwargs: Any) -> bool:
+    def setup_containers(self, container_config: Any, container_name: str) -> bool:
+        # CVS's two-argument signature (seams R6): the container orchestrator's launch passes
+        # the docker keywords, so it raises TypeError here, as in CVS.
         self.log.warning(NOT_IMPLEMENTED)
         return False
 
