@@ -487,3 +487,51 @@ def test_ctrl_c_during_a_sharded_call_kills_every_shard(make, sshd) -> None:
     timer.join()
     assert time.monotonic() - started < 25
     assert settle(lambda: remote_procs(marker) == [], wait=5)
+
+
+def test_compat_parallel_ssh_client_round_trips(sshd, tmp_path: Path) -> None:
+    """cvs-core's own ParallelSSHClient, driven directly as CVS's Pssh drives it: run_command
+    output items, copy_file and copy_remote_file greenlet-like objects, pool.join()."""
+    from cvs_core.compat.parallel.client import ParallelSSHClient
+
+    hosts = sshd.hosts[:3]
+    client = ParallelSSHClient(
+        hosts,
+        user=sshd.user,
+        pkey=str(sshd.key),
+        ssh_config=sshd.ssh_config,
+        known_hosts=sshd.known_hosts,
+        keepalive_seconds=30,
+    )
+    try:
+        out = client.run_command("printf 'a\\tb\\nc'; echo err >&2; exit 3", stop_on_errors=False)
+        assert [o.host for o in out] == hosts
+        for o in out:
+            assert list(o.stdout) == ["a\tb", "c"] and list(o.stderr) == ["err"]
+            assert o.exit_code == 3 and o.exception is None
+        args = [{"n": str(i)} for i in range(len(hosts))]
+        per_host = client.run_command("echo %(n)s", host_args=args)
+        assert [list(o.stdout) for o in per_host] == [["0"], ["1"], ["2"]]
+        src = tmp_path / "payload.bin"
+        src.write_bytes(bytes(range(256)) * 4000)
+        remote = {h: tmp_path / f"remote-{h}" / "payload.bin" for h in hosts}
+        copy_args = [{"local_file": str(src), "remote_file": str(remote[h])} for h in hosts]
+        sent = client.copy_file("%(local_file)s", "%(remote_file)s", copy_args=copy_args)
+        client.pool.join()
+        for t in sent:
+            assert t.get() is None
+        for h in hosts:
+            assert remote[h].read_bytes() == src.read_bytes()
+        local = tmp_path / "back"
+        got = client.copy_remote_file(str(remote[hosts[0]]), str(local), suffix_separator="@")
+        client.pool.join()
+        for t in got:
+            assert t.get() is None
+        for h in hosts:
+            assert Path(f"{local}@{h}").read_bytes() == src.read_bytes()
+        missing = client.copy_remote_file(str(tmp_path / "nope"), str(tmp_path / "x"))
+        client.pool.join()
+        with pytest.raises(Exception):  # noqa: B017 - parallel-ssh raises its own SFTP errors
+            missing[0].get()
+    finally:
+        client.close()
