@@ -82,6 +82,30 @@ def started_everywhere(dc, name: str) -> bool:
     )
 
 
+def close_launch_gates(dc, when: str) -> None:
+    """For an interruption "during launch": every `docker run` will wait mid-start."""
+    if when in ("launch", "after_launch"):
+        for i in range(len(dc.hosts)):
+            dc.gate_launch(i)
+
+
+def reach(dc, name: str, when: str) -> None:
+    """Wait until the run is mid-launch (containers created, not started) or provisioning
+    (the setup script started everywhere)."""
+    if when in ("launch", "after_launch"):
+        wait_until(lambda: exist_everywhere(dc, name), "docker run to be mid-launch")
+    else:
+        wait_until(lambda: started_everywhere(dc, name), "the setup script to start")
+
+
+def open_launch_gates(dc, when: str, after: float = 0) -> None:
+    """Let dockerd finish the held starts (a cleanup's `docker rm` waits for them)."""
+    if when in ("launch", "after_launch"):
+        time.sleep(after)
+        for i in range(len(dc.hosts)):
+            dc.gate_launch(i, closed=False)
+
+
 def live_procs_in(dc, i: int, name: str, pattern: str) -> list[str]:
     """Non-zombie processes in the container whose command line contains `pattern`."""
     out = in_container(dc, i, name, "ps -eo stat=,args=")
@@ -150,19 +174,13 @@ def test_killed_cold_start_is_recognised_and_replaced(gates, tmp_path, config_na
     script, gate = gated_script(dc, tmp_path)
     cfg = make_config(dc, tmp_path, "persistent", script=script)
     name = (tmp_path / "name").read_text()
-    if when == "after_launch":
-        for i in range(len(dc.hosts)):
-            dc.gate_launch(i)
+    close_launch_gates(dc, when)
     proc = cvs_core_bg(dc, cfg, "up", "--pull", "never")
-    if when == "after_launch":
-        wait_until(lambda: exist_everywhere(dc, name), "docker run to create the containers")
-    else:
-        wait_until(lambda: started_everywhere(dc, name), "the setup script to start")
+    reach(dc, name, when)
     proc.kill()  # SIGKILL: no cleanup of any kind can run
     proc.wait(30)
+    open_launch_gates(dc, when)  # the orphaned `docker run`s complete on the nodes
     if when == "after_launch":
-        for i in range(len(dc.hosts)):
-            dc.gate_launch(i, closed=False)  # the orphaned `docker run`s complete on the nodes
         wait_until(
             lambda: all(inspect(dc, i, name)["State"]["Running"] for i in range(len(dc.hosts))),
             "the containers to run",
@@ -222,20 +240,13 @@ def test_cli_interrupt_stops_remote_work_and_removes_what_the_run_created(
     script, gate = gated_script(dc, tmp_path)
     cfg = make_config(dc, tmp_path, lifetime, script=script)
     name = (tmp_path / "name").read_text()
-    if when == "launch":
-        for i in range(len(dc.hosts)):
-            dc.gate_launch(i)
+    close_launch_gates(dc, when)
     proc = cvs_core_bg(dc, cfg, "up", "--pull", "never")
+    reach(dc, name, when)
     if when == "launch":
-        wait_until(lambda: exist_everywhere(dc, name), "docker run to be mid-launch")
         assert all(node_procs(dc, i, "docker run -d") for i in range(len(dc.hosts)))
-    else:
-        wait_until(lambda: started_everywhere(dc, name), "the setup script to start")
     proc.send_signal(sig)
-    if when == "launch":
-        time.sleep(1)
-        for i in range(len(dc.hosts)):
-            dc.gate_launch(i, closed=False)  # dockerd finishes the start; cleanup removes it
+    open_launch_gates(dc, when, after=1)  # dockerd finishes the start; cleanup removes it
     rc, out, err = finish(proc)
     assert rc == (130 if sig == signal.SIGINT else 143), out + err
     (setup,) = json.loads(out)
@@ -277,21 +288,13 @@ def test_python_keyboard_interrupt_returns_after_cleanup(gates, tmp_path, config
             """
         )
     )
-    if when == "launch":
-        for i in range(len(dc.hosts)):
-            dc.gate_launch(i)
+    close_launch_gates(dc, when)
     proc = subprocess.Popen(
         [sys.executable, str(driver)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    if when == "launch":
-        wait_until(lambda: exist_everywhere(dc, name), "docker run to be mid-launch")
-    else:
-        wait_until(lambda: started_everywhere(dc, name), "the setup script to start")
+    reach(dc, name, when)
     proc.send_signal(signal.SIGINT)
-    if when == "launch":
-        time.sleep(1)
-        for i in range(len(dc.hosts)):
-            dc.gate_launch(i, closed=False)
+    open_launch_gates(dc, when, after=1)
     rc, out, err = finish(proc)
     assert rc == 0, err
     got = json.loads(out.strip().splitlines()[-1])
