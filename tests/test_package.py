@@ -44,7 +44,9 @@ def test_stub_lists_exactly_the_native_surface() -> None:
         elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
             stubbed.add(node.targets[0].id)
     runtime = {n for n in dir(_native) if not n.startswith("__")}
-    assert stubbed - {"_Doc", "_Detailed", "_Progress"} == runtime
+    dunders = {n for n in stubbed if n.startswith("__")}
+    assert dunders == {"__version__"} and hasattr(_native, "__version__")
+    assert stubbed - {"_Doc", "_Detailed", "_Progress"} - dunders == runtime
     assert set(cvs_core.__all__) - {"DEFAULT_CONTAINER_SETUP_SCRIPT"} <= runtime
     assert (REPO / "python" / "cvs_core" / "py.typed").exists()
 
@@ -166,3 +168,18 @@ def test_cli_help_documents_exit_codes(capsys) -> None:
     out = capsys.readouterr().out
     for word in ("validate", "plan", "up", "down", "status", "exec", "130 interrupted"):
         assert word in out
+
+
+def test_one_version_everywhere(capsys) -> None:
+    """Cargo.toml is the one source: the extension, the installed metadata and the CLI agree."""
+    import importlib.metadata
+    import re
+
+    cargo = (REPO / "Cargo.toml").read_text()
+    want = re.search(r'^version = "([^"]+)"', cargo, re.M).group(1)
+    assert cvs_core.__version__ == _native.__version__ == want
+    assert importlib.metadata.version("cvs-core") == want
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"cvs-core {want}"

@@ -126,9 +126,5 @@ __all__ = [
     "validate_container_name",
 ]
 
-try:
-    from importlib.metadata import version as _version
-
-    __version__ = _version("cvs-core")
-except Exception:  # not installed as a distribution (e.g. a bare source tree on sys.path)
-    __version__ = "0.0.0"
+# Cargo.toml's version, compiled into the extension (the wheel's metadata carries the same).
+from ._native import __version__ as __version__  # noqa: E402

@@ -4,6 +4,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from os import PathLike
 from typing import Any
 
+__version__: str
+"""Cargo.toml's version (the wheel's metadata and ``cvs-core --version`` say the same)."""
+
 _Doc = Mapping[str, Any] | str | PathLike[str]
 _Detailed = Mapping[str, Mapping[str, Any] | str]
 

@@ -388,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or usage, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); an interrupted step stops "
         "its remote work and removes what it created before exiting.",
     )
+    parser.add_argument("--version", action="version", version=f"cvs-core {cvs_core.__version__}")
     sub = parser.add_subparsers(dest="command_name", metavar="COMMAND")
     sub.required = True
 

@@ -25,6 +25,9 @@ fn _debug_panic(py: Python<'_>) -> PyResult<()> {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    // The one source of the version: Cargo.toml, which maturin also writes into the wheel's
+    // metadata, so `cvs_core.__version__`, `cvs-core --version` and pip agree.
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     let c = errors::classes(py)?;
     m.add("CvsError", c.cvs_error.bind(py))?;
     m.add("ConfigError", c.config_error.bind(py))?;
