@@ -61,8 +61,11 @@ bench-lifecycle: dev ## Container lifecycle benchmark (native driver vs CVS's al
 	$(VENV)/bin/maturin develop --release -q  # timings of a debug build mean nothing
 	$(PY) benchmarks/lifecycle.py $(BENCH_ARGS)
 
-wheel: $(PY) ## Build a release abi3 wheel into dist/
-	$(VENV)/bin/maturin build --release -o dist
+wheel: $(PY) ## Build the release abi3 wheel for manylinux2014 x86_64 (glibc 2.17) and the sdist into dist/
+	$(PY) -m pip install -q 'ziglang>=0.13' 'auditwheel>=6'
+	# zig links against glibc 2.17 from any build host; maturin checks the manylinux policy
+	$(VENV)/bin/maturin build --release --locked --zig --compatibility manylinux2014 -o dist
+	$(VENV)/bin/maturin sdist -o dist
 
 clean: ## Remove build outputs and the virtualenv
 	cargo clean
