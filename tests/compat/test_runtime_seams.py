@@ -19,39 +19,15 @@ from cvs_core.compat.runtimes import docker, enroot
 from cvs_core.compat.runtimes import factory as runtime_factory
 
 from .conftest import HOSTS, make_config, ok
+from .test_runtime_docker import EXPANSION, VERIFIED_RUN, default_args, launch_config
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from cvs_core.compat import parallel_ssh_lib
 
-CVS_EXPANSION = '$(for dev in /dev/infiniband/*; do echo -n "--device $dev:$dev "; done)'
-# Contract §4.3, "verified rendering for a default config", with --name X1 and user u.
-VERIFIED_RUN = (
-    "sudo docker run -d --name X1 -v /home/u:/workspace -v /home/u/.ssh:/host_ssh -e GPUS=8 "
-    "-e MULTINODE=true --device /dev/kfd --device /dev/dri --device /dev/infiniband --cap-add "
-    "SYS_PTRACE --cap-add IPC_LOCK --cap-add SYS_ADMIN --security-opt seccomp=unconfined "
-    "--security-opt apparmor=unconfined --group-add video --network host --ipc host --ulimit "
-    f"memlock=-1 --privileged {CVS_EXPANSION} rocm/cvs:latest sleep infinity"
-)
-DEFAULT_ARGS: dict[str, Any] = dict(
-    volumes=["/home/u:/workspace", "/home/u/.ssh:/host_ssh"],
-    devices=["/dev/kfd", "/dev/dri", "/dev/infiniband"],
-    capabilities=["SYS_PTRACE", "IPC_LOCK", "SYS_ADMIN"],
-    security_opts=["seccomp=unconfined", "apparmor=unconfined"],
-    environment={"GPUS": "8", "MULTINODE": "true"},
-    groups=["video"],
-    ulimits=["memlock=-1"],
-    device_expansion=CVS_EXPANSION,
-)
-
-
-def launch_config(**extra: Any) -> dict[str, Any]:
-    cfg: dict[str, Any] = {
-        "image": "rocm/cvs:latest",
-        "runtime": {"args": {"network": "host", "ipc": "host", "privileged": True}},
-    }
-    cfg.update(extra)
-    return cfg
+# The contract's verified rendering and CVS's launch arguments, shared with the runtime tests.
+CVS_EXPANSION = EXPANSION
+DEFAULT_ARGS: dict[str, Any] = default_args()
 
 
 @pytest.fixture

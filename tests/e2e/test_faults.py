@@ -98,10 +98,16 @@ def reach(dc, name: str, when: str) -> None:
         wait_until(lambda: started_everywhere(dc, name), "the setup script to start")
 
 
-def open_launch_gates(dc, when: str, after: float = 0) -> None:
-    """Let dockerd finish the held starts (a cleanup's `docker rm` waits for them)."""
+def open_launch_gates(dc, when: str, interrupted: bool = False) -> None:
+    """Let dockerd finish the held starts (a cleanup's `docker rm` waits for them). After an
+    interruption, first wait until the interrupted `docker run` clients are killed, so the
+    cleanup is what removes the containers, not a race with their start."""
     if when in ("launch", "after_launch"):
-        time.sleep(after)
+        if interrupted:
+            wait_until(
+                lambda: not any(node_procs(dc, i, "docker run -d") for i in range(len(dc.hosts))),
+                "the interrupted docker run clients to be killed",
+            )
         for i in range(len(dc.hosts)):
             dc.gate_launch(i, closed=False)
 
@@ -246,7 +252,7 @@ def test_cli_interrupt_stops_remote_work_and_removes_what_the_run_created(
     if when == "launch":
         assert all(node_procs(dc, i, "docker run -d") for i in range(len(dc.hosts)))
     proc.send_signal(sig)
-    open_launch_gates(dc, when, after=1)  # dockerd finishes the start; cleanup removes it
+    open_launch_gates(dc, when, interrupted=True)  # dockerd finishes the start; cleanup removes it
     rc, out, err = finish(proc)
     assert rc == (130 if sig == signal.SIGINT else 143), out + err
     (setup,) = json.loads(out)
@@ -294,7 +300,7 @@ def test_python_keyboard_interrupt_returns_after_cleanup(gates, tmp_path, config
     )
     reach(dc, name, when)
     proc.send_signal(signal.SIGINT)
-    open_launch_gates(dc, when, after=1)
+    open_launch_gates(dc, when, interrupted=True)
     rc, out, err = finish(proc)
     assert rc == 0, err
     got = json.loads(out.strip().splitlines()[-1])
