@@ -11,7 +11,9 @@ pub mod config;
 pub mod error;
 pub mod lifecycle;
 pub mod render;
+pub mod slurm;
 pub mod ssh;
+pub mod transport;
 
 #[cfg(feature = "python")]
 mod python;

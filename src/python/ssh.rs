@@ -19,11 +19,13 @@ use super::config::PyClusterConfig;
 use super::errors::{IntoPyResult, classes, guard};
 use crate::error::Error;
 use crate::render::remote::{read_file_command, write_file_command};
+use crate::slurm::{SlurmCluster, SlurmOptions};
 use crate::ssh::runtime::runtime;
 use crate::ssh::{
     self, ConnectOptions, Event, HostKeyPolicy, HostResult, Input, JobSpec, OutputTo, Phase,
     Secret, Status,
 };
+use crate::transport::{AnyTransport, Kind, TRANSPORT_ENV, resolve_kind};
 
 const LOGGER: &str = "cvs_core";
 
@@ -460,7 +462,7 @@ impl PyResults {
 /// Parallel SSH to a fixed set of hosts, one OpenSSH master per host kept across calls.
 #[pyclass(frozen, module = "cvs_core", name = "Cluster")]
 pub struct PyCluster {
-    pub(crate) inner: Arc<ssh::Cluster>,
+    pub(crate) inner: Arc<AnyTransport>,
     /// Bumped by `interrupt()`: every call running at that moment is cancelled. Ctrl-C reaches
     /// only the main thread, so a caller that runs calls on worker threads (the compat layer's
     /// sharded path) stops them through this.
@@ -553,7 +555,8 @@ impl PyCluster {
     #[new]
     #[pyo3(signature = (hosts, user = None, key = None, *, port = None, ssh_config = None,
         known_hosts = None, host_key_policy = "strict", jump_host = None, connect_timeout = 10.0,
-        max_parallel = None, password = None, idle_timeout = 600.0, keepalive = 30.0))]
+        max_parallel = None, password = None, idle_timeout = 600.0, keepalive = 30.0,
+        transport = None, slurm = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -570,8 +573,32 @@ impl PyCluster {
         password: Option<String>,
         idle_timeout: f64,
         keepalive: f64,
+        transport: Option<String>,
+        slurm: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
         guard(py, || {
+            // An explicit argument wins; otherwise CVS_CORE_TRANSPORT; otherwise ssh.
+            let env = |k: &str| std::env::var(k).ok();
+            let kind = match &transport {
+                Some(t) => resolve_kind(None, Some(t), env("SLURM_JOB_ID").as_deref()),
+                None => resolve_kind(
+                    None,
+                    env(TRANSPORT_ENV).as_deref(),
+                    env("SLURM_JOB_ID").as_deref(),
+                ),
+            }
+            .py_err(py)?;
+            if max_parallel == Some(0) {
+                return Err(invalid(py, "max_parallel must be at least 1"));
+            }
+            if kind == Kind::Slurm {
+                let opts = slurm_options(py, slurm, connect_timeout)?;
+                let inner = SlurmCluster::new(hosts, opts).py_err(py)?;
+                return Ok(PyCluster {
+                    inner: Arc::new(AnyTransport::Slurm(Arc::new(inner))),
+                    interrupts: watch::channel(0).0,
+                });
+            }
             let opt_path = |o: Option<&Bound<'_, PyAny>>| -> PyResult<Option<PathBuf>> {
                 o.filter(|o| !o.is_none())
                     .map(|o| path_string(py, o).map(PathBuf::from))
@@ -598,12 +625,9 @@ impl PyCluster {
                 password: password.filter(|p| !p.is_empty()).map(Secret::new),
                 ..ConnectOptions::default()
             };
-            if max_parallel == Some(0) {
-                return Err(invalid(py, "max_parallel must be at least 1"));
-            }
             let inner = ssh::Cluster::new(hosts, opts, max_parallel).py_err(py)?;
             Ok(PyCluster {
-                inner: Arc::new(inner),
+                inner: Arc::new(AnyTransport::Ssh(Arc::new(inner))),
                 interrupts: watch::channel(0).0,
             })
         })
@@ -863,7 +887,17 @@ impl PyCluster {
     }
 
     fn __repr__(&self) -> String {
-        format!("Cluster({} hosts)", self.inner.hosts().len())
+        format!(
+            "Cluster({} hosts, transport={:?})",
+            self.inner.hosts().len(),
+            self.inner.kind()
+        )
+    }
+
+    /// `"ssh"` or `"slurm"`: the engine this cluster resolved to.
+    #[getter]
+    fn transport(&self) -> &'static str {
+        self.inner.kind()
     }
 }
 
@@ -901,6 +935,60 @@ impl PyCluster {
             progress,
         )
     }
+}
+
+/// The `slurm={...}` options: placement keys as in the cluster file's `slurm` block. The job
+/// defaults to the allocation the process runs in (`SLURM_JOB_ID`).
+fn slurm_options(
+    py: Python<'_>,
+    slurm: Option<&Bound<'_, PyDict>>,
+    connect_timeout: f64,
+) -> PyResult<SlurmOptions> {
+    let mut opts = SlurmOptions {
+        connect_timeout: to_duration(py, "connect_timeout", Some(connect_timeout))?
+            .unwrap_or(Duration::from_secs(10)),
+        ..SlurmOptions::default()
+    };
+    opts.placement.job_id = std::env::var("SLURM_JOB_ID").ok().filter(|j| !j.is_empty());
+    if let Some(d) = slurm {
+        for (k, v) in d.iter() {
+            let key: String = k.extract()?;
+            let value: Option<String> = if v.is_none() {
+                None
+            } else if let Ok(n) = v.extract::<u64>() {
+                Some(n.to_string())
+            } else {
+                Some(v.extract().map_err(|_| {
+                    invalid(
+                        py,
+                        format!("slurm.{key} must be a string, got {}", v.get_type()),
+                    )
+                })?)
+            };
+            let p = &mut opts.placement;
+            match key.as_str() {
+                "job_id" => p.job_id = value,
+                "partition" => p.partition = value,
+                "account" => p.account = value,
+                "reservation" => p.reservation = value,
+                "time" => p.time = value,
+                "chdir" => opts.chdir = value.unwrap_or_else(|| "/".into()),
+                "srun" => opts.srun = value.unwrap_or_else(|| "srun".into()),
+                "scontrol" => opts.scontrol = value.unwrap_or_else(|| "scontrol".into()),
+                "scancel" => opts.scancel = value.unwrap_or_else(|| "scancel".into()),
+                other => {
+                    return Err(invalid(
+                        py,
+                        format!(
+                            "unknown slurm option {other:?} (known: job_id, partition, account, \
+                             reservation, time, chdir, srun, scontrol, scancel)"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(opts)
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -12,6 +12,7 @@ pub mod lifecycle;
 mod provision;
 mod quote;
 pub mod remote;
+pub mod slurm;
 
 pub use cvs_run::{
     CvsRuntimeArgs, INFINIBAND_EXPANSION_GUARDED, cvs_docker_run_command, cvs_runtime_args,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::cluster::{Cluster, EventSink, HoldFailure, Holder, Phase, emit};
+use super::cluster::{EventSink, HoldFailure, Phase, emit};
 use super::job::{Input, JobSpec};
 use super::result::{HostResult, Status};
 use crate::config::pyrepr::list_repr;
@@ -23,6 +23,7 @@ use crate::lifecycle::observe::{ContainerInfo, Observation, Privilege, Sshd, par
 use crate::lifecycle::plan::{Desired, HostAction, Plan, config_hash, host_spec, plan_setup};
 use crate::render::lifecycle as rl;
 use crate::render::{self, RunOptions};
+use crate::transport::{AnyHolder as Holder, AnyTransport};
 
 #[derive(Debug, Clone)]
 pub struct LifecycleOptions {
@@ -175,7 +176,7 @@ impl Removal {
 }
 
 pub struct Driver {
-    cluster: Arc<Cluster>,
+    cluster: Arc<AnyTransport>,
     spec: ContainerSpec,
     name: String,
     image: String,
@@ -242,7 +243,7 @@ fn check_token(what: &str, v: &str) -> crate::error::Result<()> {
 
 impl Driver {
     pub fn new(
-        cluster: Arc<Cluster>,
+        cluster: Arc<AnyTransport>,
         spec: ContainerSpec,
         script: Vec<u8>,
         mut opts: LifecycleOptions,
@@ -289,7 +290,7 @@ impl Driver {
         &self.opts.run_id
     }
 
-    pub fn cluster(&self) -> &Arc<Cluster> {
+    pub fn cluster(&self) -> &Arc<AnyTransport> {
         &self.cluster
     }
 

@@ -1,0 +1,314 @@
+//! What the Slurm transport hands to `srun`: the step's argv and the task wrapper that frames
+//! each task's output. Pure: the engine in `crate::slurm` runs them.
+
+use crate::error::{Error, Result};
+
+/// Where a new step runs: inside an existing allocation, or in a job of its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Run as a step of this job (`--jobid J --overlap`). Otherwise every call is its own job.
+    pub job_id: Option<String>,
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub reservation: Option<String>,
+    /// Slurm's `--time` for jobs cvs-core creates (minutes-granular: a safety net, never the
+    /// call's timeout).
+    pub time: Option<String>,
+}
+
+/// One step: which nodes, and the command every task runs.
+#[derive(Debug, Clone)]
+pub struct StepSpec<'a> {
+    pub placement: &'a Placement,
+    /// Slurm node names, one task per node.
+    pub nodes: &'a [String],
+    /// The job token every process of the command carries (`CVS_CORE_JOB`).
+    pub token: &'a str,
+    pub command: &'a str,
+    /// The kill script for this token, with its privilege prefix (see `TASK_WRAPPER`).
+    pub kill_command: &'a str,
+    /// The command's inactivity timeout, enforced by the wrapper (0: none).
+    pub inactivity_ms: u64,
+    /// Seconds a job cvs-core creates may wait for its nodes (`--immediate`): never forever.
+    pub immediate_secs: u64,
+    /// The task's working directory on the node (srun otherwise uses the caller's, which the
+    /// node may not have).
+    pub chdir: &'a str,
+}
+
+/// The task wrapper, run by bash on every node as `bash -c WRAPPER cvs-core-task TOKEN CMD`.
+///
+/// It is the task's only writer to stdout, and writes only lines of at most 80 bytes, so srun's
+/// `--label` line buffering keeps every frame whole and apart from other tasks' frames:
+/// - `h <node> <job>.<step>`: the task started on that node (the step to cancel);
+/// - `o <base64>` / `e <base64>`: bytes of the command's stdout / stderr. Each line decodes on
+///   its own; together they are the exact bytes (binary, no trailing newline, any size);
+/// - `k`: a heartbeat after a second without any other line, so a silent command is told apart
+///   from a lost node;
+/// - `x <code>`: the command's exit status, after all its output;
+/// - `K <report>`: what the kill script found, after SIGURG (the engine's way to stop the
+///   command: `scancel --signal=URG <job>.<step>`; URG because its default action is to be
+///   ignored, so only the wrapper acts on it and the command is killed by the script) or after `i`, the command's inactivity
+///   timeout (`$4` milliseconds without output, counted by the wrapper's own sleeps: never
+///   early).
+///
+/// Stopping runs the kill script inside the task (`$3`, with the job's privilege prefix, so it
+/// reaches processes in containers too), not as a second step: a job srun created for the call
+/// ends when its step does, and would take a second step with it. Only the command carries the
+/// job marker, so the kill script never hits the wrapper.
+///
+/// The command runs in the background with its output in node-local files that the wrapper
+/// drains (new bytes only, `dd` with byte offsets) with a backoff from 5 ms to 200 ms: short
+/// commands return fast and long ones cost a few forks a second. Its stdin is the task's
+/// (srun's `--input=all` broadcasts the caller's stdin to every task). The directory is named
+/// after the token so the kill step removes it when the wrapper itself was killed.
+pub const TASK_WRAPPER: &str = r#"t=$1 c=$2 kc=$3 il=${4:-0}
+d=${TMPDIR:-/tmp}/cvs-core-task-$t
+mkdir -m 700 "$d" 2>/dev/null || { echo "f cannot create $d"; exit 0; }
+trap 'rm -rf "$d"' EXIT
+stop() { echo "K $(bash -c "$kc" </dev/null 2>/dev/null | tail -n 1)"; }
+trap stop URG
+echo "h ${SLURMD_NODENAME:-$(hostname -s)} $SLURM_JOB_ID.$SLURM_STEP_ID"
+exec 3<&0
+CVS_CORE_JOB=$t bash -c "$c" <&3 >"$d/o" 2>"$d/e" 3<&- &
+p=$!
+exec 3<&- </dev/null
+po=0 pe=0
+drain() {
+  local -n off=$3
+  local sz
+  sz=$(stat -c %s "$1" 2>/dev/null) || return 1
+  [ "$sz" -gt "$off" ] || return 1
+  dd if="$1" iflag=skip_bytes,count_bytes skip="$off" count=$((sz - off)) bs=1M status=none |
+    base64 -w 76 | sed "s/^/$2 /"
+  off=$sz
+}
+ms=5 quiet=0 idle=0
+while :; do
+  kill -0 "$p" 2>/dev/null; up=$?
+  w=0
+  drain "$d/o" o po && w=1
+  drain "$d/e" e pe && w=1
+  [ "$up" = 0 ] || break
+  if [ "$w" = 1 ]; then quiet=0 idle=0 ms=50; else
+    quiet=$((quiet + ms)) idle=$((idle + ms))
+    [ "$quiet" -lt 1000 ] || { echo k; quiet=0; }
+    [ "$ms" -ge 200 ] || ms=$((ms * 2))
+    if [ "$il" -gt 0 ] && [ "$idle" -ge "$il" ]; then echo i; stop; il=0; fi
+  fi
+  sleep "0.$(printf %03d "$ms")"
+done
+wait "$p"; rc=$?
+drain "$d/o" o po; drain "$d/e" e pe
+echo "x $rc"
+"#;
+
+/// `$0` of the wrapper: what `ps` shows for it on the nodes.
+pub const TASK_NAME: &str = "cvs-core-task";
+
+/// The kill script for `token` under the privilege prefix, as one shell command.
+pub fn kill_command(token: &str, grace_ms: u64, prefix: &str) -> Result<String> {
+    let script = super::remote::kill_job_script(token, grace_ms)?;
+    let mut argv = if prefix.trim().is_empty() {
+        Vec::new()
+    } else {
+        super::privilege_words(prefix)?
+    };
+    argv.extend(["sh".to_owned(), "-c".to_owned(), script]);
+    super::join(&argv)
+}
+
+fn check_token(token: &str) -> Result<()> {
+    if token.is_empty() || !token.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(Error::InvalidArgument(format!(
+            "job token {token:?} must be non-empty [A-Za-z0-9-]"
+        )));
+    }
+    Ok(())
+}
+
+/// Slurm's names for nodes, partitions, accounts, reservations and jobs never contain shell or
+/// list syntax; refusing anything else keeps a value from changing what srun is asked.
+pub fn check_slurm_word(what: &str, value: &str) -> Result<()> {
+    let ok = !value.is_empty()
+        && value.len() <= 256
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "slurm {what} {value:?} must be letters, digits and - _ . : + only"
+        )))
+    }
+}
+
+/// The argv of one step (program name first). Every value is its own argument: no shell.
+pub fn srun_argv(srun: &str, spec: &StepSpec<'_>) -> Result<Vec<String>> {
+    check_token(spec.token)?;
+    if spec.nodes.is_empty() {
+        return Err(Error::InvalidArgument(
+            "a step needs at least one node".into(),
+        ));
+    }
+    for n in spec.nodes {
+        check_slurm_word("node", n)?;
+    }
+    if spec.command.contains('\0') {
+        return Err(Error::InvalidArgument(
+            "the command contains a NUL character".into(),
+        ));
+    }
+    let p = spec.placement;
+    let n = spec.nodes.len().to_string();
+    let mut argv = vec![srun.to_owned()];
+    match &p.job_id {
+        Some(job) => {
+            check_slurm_word("job_id", job)?;
+            // --overlap: concurrent calls share the allocation's CPUs instead of queueing.
+            argv.extend(["--jobid".into(), job.clone(), "--overlap".into()]);
+        }
+        None => {
+            for (flag, what, value) in [
+                ("--partition", "partition", &p.partition),
+                ("--account", "account", &p.account),
+                ("--reservation", "reservation", &p.reservation),
+                ("--time", "time", &p.time),
+            ] {
+                if let Some(v) = value {
+                    check_slurm_word(what, v)?;
+                    argv.extend([flag.to_owned(), v.clone()]);
+                }
+            }
+            // --no-kill: a node failing mid-call costs that host's result, not the others'.
+            // --immediate: a busy or missing node fails the call instead of queueing forever.
+            argv.extend([
+                "--no-kill".into(),
+                format!("--immediate={}", spec.immediate_secs.max(1)),
+                format!("--job-name={TASK_NAME}-{}", spec.token),
+            ]);
+        }
+    }
+    argv.extend([
+        "--nodes".into(),
+        n.clone(),
+        "--ntasks".into(),
+        n,
+        "--ntasks-per-node=1".into(),
+        "--nodelist".into(),
+        spec.nodes.join(","),
+        format!("--chdir={}", spec.chdir),
+        // Every task's lines are buffered and prefixed with its task ID: frames never mix.
+        "--label".into(),
+        "--input=all".into(),
+        // One host's failing command must not end the others'.
+        "--kill-on-bad-exit=0".into(),
+        "bash".into(),
+        "-c".into(),
+        TASK_WRAPPER.into(),
+        TASK_NAME.into(),
+        spec.token.to_owned(),
+        spec.command.to_owned(),
+        spec.kill_command.to_owned(),
+        spec.inactivity_ms.to_string(),
+    ]);
+    Ok(argv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec<'a>(p: &'a Placement, nodes: &'a [String]) -> StepSpec<'a> {
+        StepSpec {
+            placement: p,
+            nodes,
+            token: "ab-12",
+            command: "echo 'hi there'; exit 3",
+            kill_command: "sh -c kill",
+            inactivity_ms: 0,
+            immediate_secs: 7,
+            chdir: "/",
+        }
+    }
+
+    #[test]
+    fn a_step_in_an_allocation_overlaps_and_names_its_nodes() {
+        let p = Placement {
+            job_id: Some("42".into()),
+            partition: Some("ignored-in-allocation".into()),
+            ..Default::default()
+        };
+        let nodes = vec!["n1".to_owned(), "n2".to_owned()];
+        let argv = srun_argv("srun", &spec(&p, &nodes)).unwrap();
+        let s = argv.join(" ");
+        assert!(
+            s.starts_with("srun --jobid 42 --overlap --nodes 2 --ntasks 2 "),
+            "{s}"
+        );
+        assert!(
+            s.contains("--nodelist n1,n2 --chdir=/ --label --input=all"),
+            "{s}"
+        );
+        assert!(
+            !s.contains("--partition") && !s.contains("--immediate"),
+            "{s}"
+        );
+        // The command is one argument, untouched: srun execs argv, no shell in between.
+        assert_eq!(argv[argv.len() - 3], "echo 'hi there'; exit 3");
+        assert_eq!(argv[argv.len() - 4], "ab-12");
+        assert_eq!(argv[argv.len() - 5], TASK_NAME);
+        assert_eq!(argv[argv.len() - 2], "sh -c kill");
+        assert_eq!(argv.last().unwrap(), "0");
+    }
+
+    #[test]
+    fn a_new_job_never_waits_forever_and_survives_a_dead_node() {
+        let p = Placement {
+            partition: Some("gpu".into()),
+            account: Some("acct_1".into()),
+            time: Some("10".into()),
+            ..Default::default()
+        };
+        let nodes = vec!["n1".to_owned()];
+        let s = srun_argv("/usr/bin/srun", &spec(&p, &nodes))
+            .unwrap()
+            .join(" ");
+        assert!(
+            s.contains("--partition gpu --account acct_1 --time 10 --no-kill --immediate=7"),
+            "{s}"
+        );
+        assert!(s.contains("--job-name=cvs-core-task-ab-12"), "{s}");
+    }
+
+    #[test]
+    fn values_that_are_not_slurm_words_are_refused() {
+        let nodes = vec!["n1".to_owned()];
+        for bad in ["a b", "x;rm", "", "a,b", "$(id)"] {
+            let p = Placement {
+                partition: Some(bad.into()),
+                ..Default::default()
+            };
+            assert!(srun_argv("srun", &spec(&p, &nodes)).is_err(), "{bad:?}");
+        }
+        let p = Placement::default();
+        let evil = vec!["n1,n2".to_owned()];
+        assert!(srun_argv("srun", &spec(&p, &evil)).is_err());
+        let none: Vec<String> = vec![];
+        assert!(srun_argv("srun", &spec(&p, &none)).is_err());
+    }
+
+    #[test]
+    fn the_kill_command_runs_under_the_prefix() {
+        let k = kill_command("ab-1", 1000, "sudo -n").unwrap();
+        assert!(k.starts_with("sudo -n sh -c 'marks()"), "{k}");
+        assert!(k.contains("CVS_CORE_JOB=ab-1"), "{k}");
+        assert!(
+            kill_command("ab-1", 1000, "")
+                .unwrap()
+                .starts_with("sh -c ")
+        );
+        assert!(kill_command("../x", 1000, "").is_err());
+    }
+}
