@@ -2,7 +2,7 @@
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from os import PathLike
-from typing import Any
+from typing import Any, Literal
 
 __version__: str
 """Cargo.toml's version (the wheel's metadata and ``cvs-core --version`` say the same)."""
@@ -462,3 +462,7 @@ class ContainerLifecycle:
         *,
         progress: _Progress | None = None,
     ) -> Results: ...
+
+def effective_transport(configured: str | None = None) -> Literal["ssh", "slurm"]:
+    """``configured`` (``ssh|slurm|auto``) overridden by ``CVS_CORE_TRANSPORT``; ``auto`` is
+    Slurm inside an allocation (``SLURM_JOB_ID`` set)."""

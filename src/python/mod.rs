@@ -10,6 +10,7 @@ mod errors;
 mod lifecycle;
 mod render;
 mod ssh;
+mod transport;
 
 use pyo3::prelude::*;
 
@@ -60,6 +61,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
     render::register(m)?;
     ssh::register(m)?;
+    m.add_function(wrap_pyfunction!(transport::effective_transport, m)?)?;
     driver::register(m)?;
     m.add_function(wrap_pyfunction!(_debug_panic, m)?)?;
     Ok(())

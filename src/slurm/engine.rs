@@ -495,6 +495,7 @@ impl SlurmCluster {
         let mut unlabelled: Vec<String> = Vec::new();
         let mut srun_done = false;
         let mut stopped = false;
+        let mut we_cancelled = false;
         let mut close_rx = self.close_tx.subscribe();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -587,10 +588,22 @@ impl SlurmCluster {
             }
         }
 
-        // Every host is decided: the step ends by itself unless a task is stuck on a lost node.
+        // Every host is decided: the step ends by itself unless a task is stuck on a lost node
+        // (or never started), which only a cancel ends.
         if !srun_done {
-            let ended = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+            let lost = members
+                .iter()
+                .any(|m| matches!(m.failed, Some((Status::Unreachable, _))));
+            let ended = if lost {
+                Err(())
+            } else {
+                tokio::time::timeout(Duration::from_secs(2), child.wait())
+                    .await
+                    .map(|_| ())
+                    .map_err(|_| ())
+            };
             if ended.is_err() {
+                we_cancelled = true;
                 self.cancel_step(&members, &token).await;
                 if tokio::time::timeout(Duration::from_secs(2), child.wait())
                     .await
@@ -619,6 +632,10 @@ impl SlurmCluster {
             .into_iter()
             .map(|mut m| {
                 let mut notes = std::mem::take(&mut m.notes);
+                if we_cancelled {
+                    // slurmstepd's "*** STEP J.S ON node CANCELLED AT ... ***": our own doing.
+                    notes.retain(|n| !n.contains(" CANCELLED AT "));
+                }
                 if !m.resolved() {
                     notes.extend(unlabelled.iter().filter(|l| mentions(l, &m.node)).cloned());
                     if notes.is_empty() {

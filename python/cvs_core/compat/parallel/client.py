@@ -62,7 +62,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from cvs_core import Cluster
+from cvs_core import Cluster, _native
 
 from .exceptions import (
     AuthenticationError,
@@ -393,7 +393,9 @@ class ParallelSSHClient:
         self.user = user
         self.port = port
         self.pool = _Pool()
-        key = _client_key(pkey)
+        # On the Slurm transport (CVS_CORE_TRANSPORT, or auto inside an allocation) no SSH key
+        # is used, so none has to exist: CVS runs unchanged inside salloc without keys.
+        key = None if _native.effective_transport() == "slurm" else _client_key(pkey)
         if num_retries is not None:
             # OpenSSH connects once per call; a failed host is retried by the next call.
             ignored["num_retries"] = num_retries

@@ -1,0 +1,311 @@
+"""The Slurm transport against a real Slurm: slurmctld in the root namespace, one slurmd (and
+munged) in every simulated node of the docker harness, the same nodes that run sshd and
+dockerd. Every call is one srun step; these tests check per-host results, byte-exactness,
+stdin, kills (looked for inside each node), dead, drained and partitioned nodes, allocations.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+import cvs_core
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(autouse=True)
+def slurm_client_env(docker_cluster, monkeypatch):
+    """srun, scontrol and scancel in this process talk to the harness's slurmctld."""
+    for k, v in docker_cluster.slurm_env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("CVS_CORE_TRANSPORT", raising=False)
+
+
+def wait_until(pred, what: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def node_ready(dc, i: int) -> bool:
+    state = dc.slurm_node_state(dc.slurm_nodes[i]).upper()
+    return "IDLE" in state and not any(
+        bad in state for bad in ("DOWN", "DRAIN", "NOT_RESPONDING", "*")
+    )
+
+
+def all_ready(dc) -> None:
+    wait_until(lambda: all(node_ready(dc, i) for i in range(dc.n)), "every slurm node idle", 120)
+
+
+def procs(dc, i: int, pattern: str) -> str:
+    """The node's processes whose command line matches (inside its PID namespace)."""
+    r = dc.nsenter(i, "pgrep", "-af", pattern, check=False)
+    return r.stdout.decode() if isinstance(r.stdout, bytes) else (r.stdout or "")
+
+
+def cluster(dc, hosts=None, **kw) -> cvs_core.Cluster:
+    kw.setdefault("connect_timeout", 5)
+    return cvs_core.Cluster(hosts or list(dc.hosts), transport="slurm", **kw)
+
+
+def test_per_host_results_with_exact_bytes(docker_cluster) -> None:
+    dc = docker_cluster
+    with cluster(dc) as c:
+        assert c.transport == "slurm"
+        # the host's own name, no trailing newline; stderr apart; exit code per host
+        r = c.exec(
+            'printf "%s" "$(hostname)"; printf "warn\\n" >&2; '
+            'case $(hostname) in *2) exit 7;; esac'
+        )
+    assert [h.host for h in r] == list(dc.hosts)
+    for i, h in enumerate(r):
+        assert h.stdout == dc.names[i]  # IPs mapped to their Slurm nodes
+        assert h.stderr == "warn\n"
+        if i == 1:
+            assert (h.status, h.exit_code) == ("exit_nonzero", 7)
+        else:
+            assert (h.status, h.exit_code) == ("ok", 0)
+
+
+def test_binary_and_large_output_arrive_intact(docker_cluster) -> None:
+    dc = docker_cluster
+    # deterministic binary (gzip -n: no name, no timestamp), about 0.6 MB per host
+    with cluster(dc) as c:
+        r = c.exec("seq 1 300000 | gzip -1 -n")
+        big = c.exec("head -c 4000000 /dev/zero | tr '\\0' '\\377'")
+    want = b"".join(b"%d\n" % n for n in range(1, 300001))
+    for h in r:
+        assert h.ok, h.error
+        assert gzip.decompress(h.stdout_bytes) == want
+    for h in big:
+        assert h.ok, h.error
+        assert h.stdout_bytes == b"\xff" * 4_000_000
+
+
+def test_large_raw_output_is_byte_exact(docker_cluster, tmp_path: Path) -> None:
+    """3 MB of binary stdout per host through download(): the bytes of a remote file."""
+    dc = docker_cluster
+    data = os.urandom(3_000_000) + b"\x00no-newline"
+    src = tmp_path / "payload.bin"
+    src.write_bytes(data)
+    remote = f"/tmp/cvs-slurm-{uuid.uuid4().hex[:8]}.bin"
+    with cluster(dc) as c:
+        up = c.upload(src, remote)
+        assert all(h.ok for h in up), [h.error for h in up]
+        # nodes have private /tmp: every host got its own copy over its own task
+        sums = c.exec(f"sha256sum {remote}")
+        paths = c.download(remote, tmp_path / "back")
+        c.exec(f"rm -f {remote}")
+    want = hashlib.sha256(data).hexdigest()
+    assert all(h.stdout.split()[0] == want for h in sums)
+    assert len(paths) == dc.n
+    for p in paths.values():
+        assert Path(p).read_bytes() == data
+
+
+def test_stdin_is_broadcast_to_every_host(docker_cluster) -> None:
+    dc = docker_cluster
+    payload = os.urandom(1_500_000)
+    with cluster(dc) as c:
+        r = c.exec("sha256sum; echo \"host=$(hostname)\"", stdin=payload)
+    want = hashlib.sha256(payload).hexdigest()
+    for i, h in enumerate(r):
+        assert h.ok, h.error
+        assert h.stdout.split()[0] == want
+        assert f"host={dc.names[i]}" in h.stdout
+
+
+def test_timeout_kills_every_remote_process(docker_cluster) -> None:
+    dc = docker_cluster
+    mark = f"{time.time_ns() % 10**6}.{os.getpid()}"
+    with cluster(dc) as c:
+        t0 = time.monotonic()
+        r = c.exec(f"sleep {mark}1 & sleep {mark}2", timeout=2)
+        took = time.monotonic() - t0
+    assert took < 15, took
+    for h in r:
+        assert h.status == "timeout", (h.host, h.status, h.error)
+        assert "remote processes killed" in h.error, h.error
+    for i in range(dc.n):
+        assert f"sleep {mark}" not in procs(dc, i, f"sleep {mark}")
+
+
+def test_interrupt_cancels_and_kills_every_remote_process(docker_cluster) -> None:
+    dc = docker_cluster
+    mark = f"{time.time_ns() % 10**6}.{os.getpid()}"
+    with cluster(dc) as c:
+        started = threading.Event()
+
+        def progress(ev) -> None:
+            if getattr(ev, "phase", None) == "running":
+                started.set()
+
+        timer = threading.Thread(target=lambda: (started.wait(30), time.sleep(0.5), c.interrupt()))
+        timer.start()
+        r = c.exec(f"sleep {mark}", progress=progress)
+        timer.join()
+    for h in r:
+        assert h.status == "cancelled", (h.host, h.status, h.error)
+        assert "remote processes killed" in h.error, h.error
+    for i in range(dc.n):
+        assert f"sleep {mark}" not in procs(dc, i, f"sleep {mark}")
+
+
+def test_inactivity_timeout_is_per_host(docker_cluster) -> None:
+    dc = docker_cluster
+    with cluster(dc) as c:
+        r = c.exec(
+            'case $(hostname) in *1) echo first; sleep 30;; *) echo quick;; esac',
+            inactivity_timeout=1.5,
+        )
+    assert r[0].status == "inactivity_timeout", r[0].error
+    assert r[0].stdout == "first\n"
+    assert "remote processes killed" in r[0].error
+    assert [h.status for h in r[1:]] == ["ok"] * (dc.n - 1)
+
+
+def test_concurrent_calls_share_one_allocation(docker_cluster) -> None:
+    dc = docker_cluster
+    job = dc.salloc(f"--nodelist={','.join(dc.slurm_nodes)}")
+    try:
+        with cluster(dc, slurm={"job_id": job}) as c:
+            out: list = [None] * 6
+
+            def run(k: int) -> None:
+                out[k] = c.exec(f'sleep 0.5; echo "$SLURM_JOB_ID {k}"')
+
+            threads = [threading.Thread(target=run, args=(k,)) for k in range(6)]
+            t0 = time.monotonic()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            took = time.monotonic() - t0
+        for k, r in enumerate(out):
+            assert [h.stdout for h in r] == [f"{job} {k}\n"] * dc.n, [h.error for h in r]
+        # --overlap: the six steps ran side by side, not one after another
+        assert took < 6 * 0.5 + 5, took
+    finally:
+        dc.scancel(job)
+
+
+def test_auto_inside_an_allocation_uses_it(docker_cluster, monkeypatch) -> None:
+    dc = docker_cluster
+    job = dc.salloc(f"--nodelist={','.join(dc.slurm_nodes)}")
+    try:
+        monkeypatch.setenv("SLURM_JOB_ID", job)
+        with cvs_core.Cluster(list(dc.hosts), transport="auto") as c:
+            assert c.transport == "slurm"
+            r = c.exec('echo "$SLURM_JOB_ID"')
+        assert [h.stdout for h in r] == [f"{job}\n"] * dc.n
+        monkeypatch.delenv("SLURM_JOB_ID")
+        assert cvs_core.Cluster(list(dc.hosts), transport="auto").transport == "ssh"
+        monkeypatch.setenv("CVS_CORE_TRANSPORT", "slurm")
+        assert cvs_core.Cluster(list(dc.hosts)).transport == "slurm"
+    finally:
+        dc.scancel(job)
+
+
+def test_a_host_slurm_does_not_know_is_reported_not_guessed(docker_cluster) -> None:
+    dc = docker_cluster
+    stranger = f"{dc.subnet}.250"
+    with cluster(dc, [dc.hosts[0], stranger]) as c:
+        r = c.exec("true")
+    assert r[0].ok
+    assert r[1].status == "unreachable"
+    assert "knows no node" in r[1].error and stranger in r[1].error
+
+
+def test_drained_node_is_unreachable_with_slurms_reason(docker_cluster) -> None:
+    dc = docker_cluster
+    node = dc.slurm_nodes[2]
+    dc.slurm("scontrol", "update", f"nodename={node}", "state=drain", "reason=cvs-core-test")
+    try:
+        with cluster(dc) as c:
+            r = c.exec("hostname")
+        assert [h.status for h in r[:2]] == ["ok", "ok"]
+        assert r[2].status == "unreachable"
+        assert "DRAIN" in r[2].error and "cvs-core-test" in r[2].error, r[2].error
+    finally:
+        dc.slurm("scontrol", "update", f"nodename={node}", "state=resume")
+        all_ready(dc)
+
+
+def test_stopped_slurmd_before_the_call_is_unreachable_in_time(docker_cluster) -> None:
+    dc = docker_cluster
+    dc.stop_slurmd(1)
+    try:
+        with cluster(dc, connect_timeout=4) as c:
+            t0 = time.monotonic()
+            r = c.exec("hostname")
+            took = time.monotonic() - t0
+        assert took < 4 + 4, took
+        assert r[1].status == "unreachable", (r[1].status, r[1].error)
+        assert dc.slurm_nodes[1] in r[1].error
+        assert [h.stdout for h in (r[0], r[2])] == [f"{dc.names[0]}\n", f"{dc.names[2]}\n"]
+    finally:
+        dc.start_slurmd(1)
+        all_ready(dc)
+
+
+def test_node_dying_during_the_call_is_unreachable_in_time(docker_cluster) -> None:
+    dc = docker_cluster
+    try:
+        with cluster(dc, connect_timeout=4) as c:
+            result: list = []
+            t = threading.Thread(target=lambda: result.append(c.exec("sleep 3; echo done")))
+            t.start()
+            wait_until(lambda: "sleep 3" in procs(dc, 1, "sleep 3"), "the task on node 2", 20)
+            t0 = time.monotonic()
+            # the node dies: its slurmd and the step's slurmstepd with it
+            dc.stop_slurmd(1)
+            dc.nsenter(1, "pkill", "-KILL", "slurmstepd", check=False)
+            t.join(30)
+            took = time.monotonic() - t0
+        r = result[0]
+        assert r[1].status == "unreachable", (r[1].status, r[1].error)
+        assert took < 4 + 5, took
+        assert [h.stdout for h in (r[0], r[2])] == ["done\n", "done\n"]
+    finally:
+        dc.start_slurmd(1)
+        all_ready(dc)
+
+
+def test_partitioned_node_is_unreachable_in_time(docker_cluster) -> None:
+    dc = docker_cluster
+    try:
+        with cluster(dc, connect_timeout=4) as c:
+            result: list = []
+            t = threading.Thread(target=lambda: result.append(c.exec("sleep 3; echo done")))
+            t.start()
+            wait_until(lambda: "sleep 3" in procs(dc, 2, "sleep 3"), "the task on node 3", 20)
+            t0 = time.monotonic()
+            dc.partition(2)
+            t.join(30)
+            took = time.monotonic() - t0
+            r = result[0]
+            assert r[2].status == "unreachable", (r[2].status, r[2].error)
+            assert "lost contact" in r[2].error
+            assert took < 4 + 5, took
+            assert [h.stdout for h in r[:2]] == ["done\n", "done\n"]
+            # before a call: the task never starts there
+            t0 = time.monotonic()
+            r = c.exec("hostname")
+            assert r[2].status == "unreachable", (r[2].status, r[2].error)
+            assert time.monotonic() - t0 < 4 + 5
+            assert [h.ok for h in r[:2]] == [True, True]
+    finally:
+        dc.heal(2)
+        all_ready(dc)
