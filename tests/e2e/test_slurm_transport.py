@@ -66,8 +66,7 @@ def test_per_host_results_with_exact_bytes(docker_cluster) -> None:
         assert c.transport == "slurm"
         # the host's own name, no trailing newline; stderr apart; exit code per host
         r = c.exec(
-            'printf "%s" "$(hostname)"; printf "warn\\n" >&2; '
-            'case $(hostname) in *2) exit 7;; esac'
+            'printf "%s" "$(hostname)"; printf "warn\\n" >&2; case $(hostname) in *2) exit 7;; esac'
         )
     assert [h.host for h in r] == list(dc.hosts)
     for i, h in enumerate(r):
@@ -119,7 +118,7 @@ def test_stdin_is_broadcast_to_every_host(docker_cluster) -> None:
     dc = docker_cluster
     payload = os.urandom(1_500_000)
     with cluster(dc) as c:
-        r = c.exec("sha256sum; echo \"host=$(hostname)\"", stdin=payload)
+        r = c.exec('sha256sum; echo "host=$(hostname)"', stdin=payload)
     want = hashlib.sha256(payload).hexdigest()
     for i, h in enumerate(r):
         assert h.ok, h.error
@@ -167,7 +166,7 @@ def test_inactivity_timeout_is_per_host(docker_cluster) -> None:
     dc = docker_cluster
     with cluster(dc) as c:
         r = c.exec(
-            'case $(hostname) in *1) echo first; sleep 30;; *) echo quick;; esac',
+            "case $(hostname) in *1) echo first; sleep 30;; *) echo quick;; esac",
             inactivity_timeout=1.5,
         )
     assert r[0].status == "inactivity_timeout", r[0].error
