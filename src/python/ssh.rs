@@ -974,6 +974,7 @@ fn slurm_options(
                 "time" => p.time = value,
                 "chdir" => opts.chdir = value.unwrap_or_else(|| "/".into()),
                 "srun" => opts.srun = value.unwrap_or_else(|| "srun".into()),
+                "salloc" => opts.salloc = value.unwrap_or_else(|| "salloc".into()),
                 "scontrol" => opts.scontrol = value.unwrap_or_else(|| "scontrol".into()),
                 "scancel" => opts.scancel = value.unwrap_or_else(|| "scancel".into()),
                 other => {
@@ -981,7 +982,7 @@ fn slurm_options(
                         py,
                         format!(
                             "unknown slurm option {other:?} (known: job_id, partition, account, \
-                             reservation, time, chdir, srun, scontrol, scancel)"
+                             reservation, time, chdir, srun, salloc, scontrol, scancel)"
                         ),
                     ));
                 }

@@ -3,10 +3,11 @@
 
 use crate::error::{Error, Result};
 
-/// Where a new step runs: inside an existing allocation, or in a job of its own.
+/// Where steps run: inside an existing allocation (`job_id`), or in one cvs-core makes with
+/// `salloc` from the other fields.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Placement {
-    /// Run as a step of this job (`--jobid J --overlap`). Otherwise every call is its own job.
+    /// Run as steps of this job (`--jobid J --overlap`).
     pub job_id: Option<String>,
     pub partition: Option<String>,
     pub account: Option<String>,
@@ -19,7 +20,8 @@ pub struct Placement {
 /// One step: which nodes, and the command every task runs.
 #[derive(Debug, Clone)]
 pub struct StepSpec<'a> {
-    pub placement: &'a Placement,
+    /// The allocation the step runs in.
+    pub job: &'a str,
     /// Slurm node names, one task per node.
     pub nodes: &'a [String],
     /// The job token every process of the command carries (`CVS_CORE_JOB`).
@@ -29,8 +31,6 @@ pub struct StepSpec<'a> {
     pub kill_command: &'a str,
     /// The command's inactivity timeout, enforced by the wrapper (0: none).
     pub inactivity_ms: u64,
-    /// Seconds a job cvs-core creates may wait for its nodes (`--immediate`): never forever.
-    pub immediate_secs: u64,
     /// The task's working directory on the node (srun otherwise uses the caller's, which the
     /// node may not have).
     pub chdir: &'a str,
@@ -106,6 +106,58 @@ echo "x $rc"
 /// `$0` of the wrapper: what `ps` shows for it on the nodes.
 pub const TASK_NAME: &str = "cvs-core-task";
 
+/// The argv of the allocation cvs-core makes when the process runs outside one: `salloc` with
+/// `cat` as its local command, which holds the allocation until its stdin closes. The caller
+/// keeps that stdin open and closes it to release; if the caller dies, the pipe closes with it,
+/// so an allocation never outlives the process that made it.
+/// - `--no-kill`: a node failing costs that host's results, not the others';
+/// - `--immediate`: busy or unavailable nodes fail the call instead of queueing forever.
+pub fn salloc_argv(
+    salloc: &str,
+    placement: &Placement,
+    nodes: &[String],
+    immediate_secs: u64,
+    name: &str,
+) -> Result<Vec<String>> {
+    if nodes.is_empty() {
+        return Err(Error::InvalidArgument(
+            "an allocation needs at least one node".into(),
+        ));
+    }
+    for n in nodes {
+        check_slurm_word("node", n)?;
+    }
+    check_slurm_word("job name", name)?;
+    let mut argv = vec![salloc.to_owned()];
+    for (flag, what, value) in [
+        ("--partition", "partition", &placement.partition),
+        ("--account", "account", &placement.account),
+        ("--reservation", "reservation", &placement.reservation),
+        ("--time", "time", &placement.time),
+    ] {
+        if let Some(v) = value {
+            check_slurm_word(what, v)?;
+            argv.extend([flag.to_owned(), v.clone()]);
+        }
+    }
+    let n = nodes.len().to_string();
+    argv.extend([
+        "--no-kill".into(),
+        format!("--immediate={}", immediate_secs.max(1)),
+        format!("--job-name={name}"),
+        "--nodes".into(),
+        n.clone(),
+        "--ntasks".into(),
+        n,
+        "--ntasks-per-node=1".into(),
+        "--nodelist".into(),
+        nodes.join(","),
+        "--".into(),
+        "cat".into(),
+    ]);
+    Ok(argv)
+}
+
 /// The kill script for `token` under the privilege prefix, as one shell command.
 pub fn kill_command(token: &str, grace_ms: u64, prefix: &str) -> Result<String> {
     let script = super::remote::kill_job_script(token, grace_ms)?;
@@ -160,36 +212,17 @@ pub fn srun_argv(srun: &str, spec: &StepSpec<'_>) -> Result<Vec<String>> {
             "the command contains a NUL character".into(),
         ));
     }
-    let p = spec.placement;
+    check_slurm_word("job_id", spec.job)?;
     let n = spec.nodes.len().to_string();
-    let mut argv = vec![srun.to_owned()];
-    match &p.job_id {
-        Some(job) => {
-            check_slurm_word("job_id", job)?;
-            // --overlap: concurrent calls share the allocation's CPUs instead of queueing.
-            argv.extend(["--jobid".into(), job.clone(), "--overlap".into()]);
-        }
-        None => {
-            for (flag, what, value) in [
-                ("--partition", "partition", &p.partition),
-                ("--account", "account", &p.account),
-                ("--reservation", "reservation", &p.reservation),
-                ("--time", "time", &p.time),
-            ] {
-                if let Some(v) = value {
-                    check_slurm_word(what, v)?;
-                    argv.extend([flag.to_owned(), v.clone()]);
-                }
-            }
-            // --no-kill: a node failing mid-call costs that host's result, not the others'.
-            // --immediate: a busy or missing node fails the call instead of queueing forever.
-            argv.extend([
-                "--no-kill".into(),
-                format!("--immediate={}", spec.immediate_secs.max(1)),
-                format!("--job-name={TASK_NAME}-{}", spec.token),
-            ]);
-        }
-    }
+    // --overlap: concurrent calls (and a held lock beside them) share the allocation's CPUs
+    // instead of queueing behind each other.
+    let mut argv = vec![
+        srun.to_owned(),
+        "--jobid".into(),
+        spec.job.to_owned(),
+        "--overlap".into(),
+        format!("--job-name={TASK_NAME}-{}", spec.token),
+    ];
     argv.extend([
         "--nodes".into(),
         n.clone(),
@@ -220,39 +253,29 @@ pub fn srun_argv(srun: &str, spec: &StepSpec<'_>) -> Result<Vec<String>> {
 mod tests {
     use super::*;
 
-    fn spec<'a>(p: &'a Placement, nodes: &'a [String]) -> StepSpec<'a> {
+    fn spec<'a>(job: &'a str, nodes: &'a [String]) -> StepSpec<'a> {
         StepSpec {
-            placement: p,
+            job,
             nodes,
             token: "ab-12",
             command: "echo 'hi there'; exit 3",
             kill_command: "sh -c kill",
             inactivity_ms: 0,
-            immediate_secs: 7,
             chdir: "/",
         }
     }
 
     #[test]
-    fn a_step_in_an_allocation_overlaps_and_names_its_nodes() {
-        let p = Placement {
-            job_id: Some("42".into()),
-            partition: Some("ignored-in-allocation".into()),
-            ..Default::default()
-        };
+    fn a_step_overlaps_in_its_allocation_and_names_its_nodes() {
         let nodes = vec!["n1".to_owned(), "n2".to_owned()];
-        let argv = srun_argv("srun", &spec(&p, &nodes)).unwrap();
+        let argv = srun_argv("srun", &spec("42", &nodes)).unwrap();
         let s = argv.join(" ");
         assert!(
-            s.starts_with("srun --jobid 42 --overlap --nodes 2 --ntasks 2 "),
+            s.starts_with("srun --jobid 42 --overlap --job-name=cvs-core-task-ab-12 --nodes 2 "),
             "{s}"
         );
         assert!(
             s.contains("--nodelist n1,n2 --chdir=/ --label --input=all"),
-            "{s}"
-        );
-        assert!(
-            !s.contains("--partition") && !s.contains("--immediate"),
             "{s}"
         );
         // The command is one argument, untouched: srun execs argv, no shell in between.
@@ -264,22 +287,23 @@ mod tests {
     }
 
     #[test]
-    fn a_new_job_never_waits_forever_and_survives_a_dead_node() {
+    fn an_allocation_never_waits_forever_and_survives_a_dead_node() {
         let p = Placement {
             partition: Some("gpu".into()),
             account: Some("acct_1".into()),
             time: Some("10".into()),
             ..Default::default()
         };
-        let nodes = vec!["n1".to_owned()];
-        let s = srun_argv("/usr/bin/srun", &spec(&p, &nodes))
+        let nodes = vec!["n1".to_owned(), "n3".to_owned()];
+        let s = salloc_argv("salloc", &p, &nodes, 7, "cvs-core-12")
             .unwrap()
             .join(" ");
-        assert!(
-            s.contains("--partition gpu --account acct_1 --time 10 --no-kill --immediate=7"),
-            "{s}"
+        assert_eq!(
+            s,
+            "salloc --partition gpu --account acct_1 --time 10 --no-kill --immediate=7 \
+             --job-name=cvs-core-12 --nodes 2 --ntasks 2 --ntasks-per-node=1 \
+             --nodelist n1,n3 -- cat"
         );
-        assert!(s.contains("--job-name=cvs-core-task-ab-12"), "{s}");
     }
 
     #[test]
@@ -290,13 +314,18 @@ mod tests {
                 partition: Some(bad.into()),
                 ..Default::default()
             };
-            assert!(srun_argv("srun", &spec(&p, &nodes)).is_err(), "{bad:?}");
+            assert!(
+                salloc_argv("salloc", &p, &nodes, 5, "n").is_err(),
+                "{bad:?}"
+            );
+            assert!(srun_argv("srun", &spec(bad, &nodes)).is_err(), "{bad:?}");
         }
         let p = Placement::default();
         let evil = vec!["n1,n2".to_owned()];
-        assert!(srun_argv("srun", &spec(&p, &evil)).is_err());
+        assert!(srun_argv("srun", &spec("1", &evil)).is_err());
+        assert!(salloc_argv("salloc", &p, &evil, 5, "n").is_err());
         let none: Vec<String> = vec![];
-        assert!(srun_argv("srun", &spec(&p, &none)).is_err());
+        assert!(srun_argv("srun", &spec("1", &none)).is_err());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use super::frame::{Frame, is_exit_notice, parse_frame, split_label};
 use super::nodes::{Node, map_hosts, parse_show_node};
 use crate::error::{Error, Result};
-use crate::render::slurm::{Placement, StepSpec, kill_command, srun_argv};
+use crate::render::slurm::{Placement, StepSpec, kill_command, salloc_argv, srun_argv};
 use crate::ssh::cluster::{EventSink, HoldFailure, Phase, emit};
 use crate::ssh::job::{Input, JobSpec, KILL_GRACE, Killed, OutputTo, new_token};
 use crate::ssh::result::{HostResult, Status};
@@ -30,6 +30,7 @@ pub struct SlurmOptions {
     /// The tasks' working directory on the nodes.
     pub chdir: String,
     pub srun: String,
+    pub salloc: String,
     pub scontrol: String,
     pub scancel: String,
 }
@@ -41,6 +42,7 @@ impl Default for SlurmOptions {
             connect_timeout: Duration::from_secs(10),
             chdir: "/".into(),
             srun: "srun".into(),
+            salloc: "salloc".into(),
             scontrol: "scontrol".into(),
             scancel: "scancel".into(),
         }
@@ -53,6 +55,49 @@ pub struct SlurmCluster {
     closed: AtomicBool,
     /// Flipped by `close`: every running call cancels its steps.
     close_tx: watch::Sender<bool>,
+    /// The allocation cvs-core made (no `job_id` given), on first use.
+    alloc: tokio::sync::Mutex<Option<Allocation>>,
+}
+
+/// An allocation held by `salloc ... -- cat` (see `render::slurm::salloc_argv`): it lasts
+/// while `stdin` is open.
+struct Allocation {
+    job: String,
+    nodes: Vec<String>,
+    stdin: Option<tokio::process::ChildStdin>,
+    child: Child,
+}
+
+impl Allocation {
+    /// Close `cat`'s stdin: salloc relinquishes the allocation and exits on its own.
+    async fn release(mut self, scancel: &str) {
+        drop(self.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = Command::new(scancel)
+                .arg(&self.job)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await;
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
+    }
+}
+
+impl Drop for SlurmCluster {
+    fn drop(&mut self) {
+        // Not killed: salloc, seeing `cat` end on EOF, gives the allocation back itself.
+        if let Ok(mut a) = self.alloc.try_lock()
+            && let Some(mut a) = a.take()
+        {
+            drop(a.stdin.take());
+        }
+    }
 }
 
 /// One host of a step.
@@ -213,6 +258,7 @@ impl SlurmCluster {
             opts,
             closed: AtomicBool::new(false),
             close_tx: watch::channel(false).0,
+            alloc: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -247,14 +293,13 @@ impl SlurmCluster {
         }
     }
 
-    /// Each host's Slurm node name, or why the host cannot be reached now.
-    async fn resolve(&self, hosts: &[String]) -> Vec<std::result::Result<String, String>> {
-        let nodes = match self.nodes().await {
-            Ok(n) => n,
-            Err(why) => return hosts.iter().map(|_| Err(why.clone())).collect(),
-        };
-        let in_allocation = self.opts.placement.job_id.is_some();
-        map_hosts(hosts, &nodes)
+    /// Each host's node name, or why a step cannot reach it now.
+    fn usable(
+        hosts: &[String],
+        nodes: &[Node],
+        in_allocation: bool,
+    ) -> Vec<std::result::Result<String, String>> {
+        map_hosts(hosts, nodes)
             .into_iter()
             .map(|m| {
                 let n = &nodes[m?];
@@ -266,10 +311,131 @@ impl SlurmCluster {
             .collect()
     }
 
+    /// The job steps run in, and each host's node (or why it cannot be reached): the caller's
+    /// allocation, or the one cvs-core makes on first use from every usable node of the
+    /// cluster's hosts.
+    async fn place(&self, hosts: &[String]) -> (String, Vec<std::result::Result<String, String>>) {
+        let nodes = match self.nodes().await {
+            Ok(n) => n,
+            Err(why) => {
+                return (
+                    String::new(),
+                    hosts.iter().map(|_| Err(why.clone())).collect(),
+                );
+            }
+        };
+        if let Some(job) = &self.opts.placement.job_id {
+            return (job.clone(), Self::usable(hosts, &nodes, true));
+        }
+        let mut alloc = self.alloc.lock().await;
+        if alloc.is_none() {
+            let wanted: Vec<String> = Self::usable(&self.hosts, &nodes, false)
+                .into_iter()
+                .flatten()
+                .collect();
+            match self.allocate(&wanted).await {
+                Ok(a) => *alloc = Some(a),
+                Err(why) => {
+                    // Unusable hosts keep their own reason; the others get salloc's.
+                    let placed = Self::usable(hosts, &nodes, false)
+                        .into_iter()
+                        .map(|r| r.and_then(|_| Err(why.clone())))
+                        .collect();
+                    return (String::new(), placed);
+                }
+            }
+        }
+        let a = alloc.as_ref().expect("allocated above");
+        let placed = Self::usable(hosts, &nodes, true)
+            .into_iter()
+            .map(|r| {
+                r.and_then(|n| {
+                    if a.nodes.contains(&n) {
+                        Ok(n)
+                    } else {
+                        Err(format!(
+                            "slurm node {n} is not in allocation {} (it was unavailable when \
+                             cvs-core allocated)",
+                            a.job
+                        ))
+                    }
+                })
+            })
+            .collect();
+        (a.job.clone(), placed)
+    }
+
+    async fn allocate(&self, nodes: &[String]) -> std::result::Result<Allocation, String> {
+        if nodes.is_empty() {
+            return Err("no slurm node of this cluster is usable".into());
+        }
+        let name = format!("cvs-core-{}", std::process::id());
+        let argv = salloc_argv(
+            &self.opts.salloc,
+            &self.opts.placement,
+            nodes,
+            self.opts.connect_timeout.as_secs().max(1),
+            &name,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // Never killed on drop: closing its stdin is how the allocation is given back.
+            .kill_on_drop(false)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", self.opts.salloc))?;
+        let stdin = child.stdin.take();
+        let mut err = BufReader::new(child.stderr.take().expect("piped")).lines();
+        let mut said = Vec::new();
+        let limit = self.opts.connect_timeout + Duration::from_secs(5);
+        let granted = tokio::time::timeout(limit, async {
+            while let Ok(Some(l)) = err.next_line().await {
+                if let Some(rest) = l.split("Granted job allocation ").nth(1) {
+                    return Some(rest.trim().to_owned());
+                }
+                said.push(l);
+            }
+            None
+        })
+        .await;
+        match granted {
+            Ok(Some(job)) => {
+                // salloc says more on release; nobody must block it by not reading.
+                tokio::spawn(async move { while let Ok(Some(_)) = err.next_line().await {} });
+                Ok(Allocation {
+                    job,
+                    nodes: nodes.to_vec(),
+                    stdin,
+                    child,
+                })
+            }
+            other => {
+                drop(stdin);
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                let why = if said.is_empty() {
+                    match other {
+                        Err(_) => format!("salloc got no allocation within {}s", limit.as_secs()),
+                        _ => "salloc ended without an allocation".to_owned(),
+                    }
+                } else {
+                    said.join("; ")
+                };
+                Err(why)
+            }
+        }
+    }
+
     /// Check that every node answers to Slurm (no command runs); the failures, by host.
+    /// Outside an allocation this is also where cvs-core makes its own.
     pub async fn connect(&self, hosts: &[String]) -> Vec<HostResult> {
-        self.resolve(hosts)
+        self.place(hosts)
             .await
+            .1
             .into_iter()
             .zip(hosts)
             .filter_map(|(r, h)| {
@@ -282,6 +448,9 @@ impl SlurmCluster {
     pub async fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
         let _ = self.close_tx.send(true);
+        if let Some(a) = self.alloc.lock().await.take() {
+            a.release(&self.opts.scancel).await;
+        }
     }
 
     /// Run one job per host: jobs with the same command, input and limits share one step.
@@ -301,7 +470,7 @@ impl SlurmCluster {
                 results.insert(h.clone(), r);
             }
         } else {
-            let resolved = self.resolve(&order).await;
+            let (job, resolved) = self.place(&order).await;
             let mut groups: Vec<(JobSpec, Vec<Target>)> = Vec::new();
             for ((host, spec), node) in jobs.into_iter().zip(resolved) {
                 let node = match node {
@@ -322,8 +491,8 @@ impl SlurmCluster {
             let mut steps = tokio::task::JoinSet::new();
             for (spec, members) in groups {
                 let this = self.clone();
-                let (events, cancel) = (events.clone(), cancel.clone());
-                steps.spawn(async move { this.run_step(spec, members, events, cancel).await });
+                let (events, cancel, job) = (events.clone(), cancel.clone(), job.clone());
+                steps.spawn(async move { this.run_step(job, spec, members, events, cancel).await });
             }
             while let Some(done) = steps.join_next().await {
                 match done {
@@ -372,6 +541,7 @@ impl SlurmCluster {
 
     async fn run_step(
         self: Arc<Self>,
+        job: String,
         spec: JobSpec,
         hosts: Vec<Target>,
         events: Option<EventSink>,
@@ -413,6 +583,7 @@ impl SlurmCluster {
                 .collect()
         };
         let argv = match self.step_argv(
+            &job,
             &nodes,
             &token,
             &spec.cmd,
@@ -548,7 +719,7 @@ impl SlurmCluster {
                         signal |= m.stop(status, why.clone());
                     }
                     if signal {
-                        self.signal_step(&members, &token).await;
+                        self.signal_step(&members).await;
                     }
                 }
             }
@@ -604,7 +775,7 @@ impl SlurmCluster {
             };
             if ended.is_err() {
                 we_cancelled = true;
-                self.cancel_step(&members, &token).await;
+                self.cancel_step(&members).await;
                 if tokio::time::timeout(Duration::from_secs(2), child.wait())
                     .await
                     .is_err()
@@ -743,7 +914,8 @@ impl SlurmCluster {
         if self.closed.load(Ordering::Relaxed) {
             return Err(fail(0, Status::Error, "the cluster is closed".into()));
         }
-        let node = match self.resolve(&[host.to_owned()]).await.pop() {
+        let (job, mut placed) = self.place(&[host.to_owned()]).await;
+        let node = match placed.pop() {
             Some(Ok(n)) => n,
             Some(Err(why)) => return Err(fail(0, Status::Unreachable, why)),
             None => return Err(fail(0, Status::Error, "no node".into())),
@@ -751,7 +923,7 @@ impl SlurmCluster {
         let token = new_token();
         let nodes = [node.clone()];
         let argv = self
-            .step_argv(&nodes, &token, cmd, kill_prefix, None)
+            .step_argv(&job, &nodes, &token, cmd, kill_prefix, None)
             .map_err(|e| fail(0, Status::Error, e.to_string()))?;
         let mut child = self.spawn_srun(&argv, true).map_err(|e| {
             fail(
@@ -834,7 +1006,7 @@ impl SlurmCluster {
             m.step = step.clone();
             let killed = match (&step, out.as_mut()) {
                 (Some(_), Some(reader)) => {
-                    self.signal_step(std::slice::from_ref(&m), &token).await;
+                    self.signal_step(std::slice::from_ref(&m)).await;
                     let wait = async {
                         while let Ok(Some(l)) = reader.next_line().await {
                             if let Some((_, payload)) = split_label(&l)
@@ -860,7 +1032,7 @@ impl SlurmCluster {
                 .await
                 .is_err()
             {
-                self.cancel_step(std::slice::from_ref(&m), &token).await;
+                self.cancel_step(std::slice::from_ref(&m)).await;
                 let _ = child.start_kill();
                 let _ = child.wait().await;
             }
@@ -979,6 +1151,7 @@ impl SlurmCluster {
     /// The argv of a step running `cmd` on `nodes` under the task wrapper.
     fn step_argv(
         &self,
+        job: &str,
         nodes: &[String],
         token: &str,
         cmd: &str,
@@ -989,43 +1162,30 @@ impl SlurmCluster {
         srun_argv(
             &self.opts.srun,
             &StepSpec {
-                placement: &self.opts.placement,
+                job,
                 nodes,
                 token,
                 command: cmd,
                 kill_command: &kill,
                 inactivity_ms: inactivity.map_or(0, |d| (d.as_millis() as u64).max(1)),
-                immediate_secs: self.opts.connect_timeout.as_secs().max(1),
                 chdir: &self.opts.chdir,
             },
         )
     }
 
     /// Ask every started task of the step to kill its command (SIGURG to the step: the
-    /// wrapper runs the kill script and reports `K`). A job of its own that has no started
-    /// task yet is found by its name.
-    async fn signal_step(&self, members: &[Member], token: &str) {
+    /// wrapper runs the kill script and reports `K`). Tasks not started yet are ended by the
+    /// step's cancel once the call is decided.
+    async fn signal_step(&self, members: &[Member]) {
         let mut steps: Vec<String> = members.iter().filter_map(|m| m.step.clone()).collect();
         steps.sort();
         steps.dedup();
-        let mut argv: Vec<String> = vec![self.opts.scancel.clone(), "--signal=URG".into()];
         if steps.is_empty() {
-            if self.opts.placement.job_id.is_some() {
-                return;
-            }
-            argv.extend(self.by_name(token));
-        } else {
-            argv.extend(steps);
+            return;
         }
+        let mut argv: Vec<String> = vec![self.opts.scancel.clone(), "--signal=URG".into()];
+        argv.extend(steps);
         self.scancel(argv).await;
-    }
-
-    fn by_name(&self, token: &str) -> [String; 2] {
-        [
-            format!("--name={}-{token}", crate::render::slurm::TASK_NAME),
-            // Only this user's jobs: the name is unique, this makes it certain.
-            format!("--user={}", current_uid()),
-        ]
     }
 
     async fn scancel(&self, argv: Vec<String>) {
@@ -1038,24 +1198,13 @@ impl SlurmCluster {
         let _ = tokio::time::timeout(Duration::from_secs(10), cmd.status()).await;
     }
 
-    /// Cancel the step (or, for a job of its own, the job) when it outlives its hosts' results.
-    async fn cancel_step(&self, members: &[Member], token: &str) {
-        let mut argv: Vec<String> = vec![self.opts.scancel.clone()];
-        match (
-            members.iter().find_map(|m| m.step.clone()),
-            &self.opts.placement.job_id,
-        ) {
-            (Some(s), _) => argv.push(s),
-            (None, None) => argv.extend(self.by_name(token)),
-            (None, Some(_)) => return,
+    /// Cancel the step when it outlives its hosts' results (a task stuck on a lost node, or
+    /// one that never started). Without a started task its ID is unknown: srun is killed.
+    async fn cancel_step(&self, members: &[Member]) {
+        if let Some(step) = members.iter().find_map(|m| m.step.clone()) {
+            self.scancel(vec![self.opts.scancel.clone(), step]).await;
         }
-        self.scancel(argv).await;
     }
-}
-
-fn current_uid() -> u32 {
-    // SAFETY: getuid has no preconditions.
-    unsafe { libc::getuid() }
 }
 
 fn mentions(line: &str, node: &str) -> bool {
