@@ -315,6 +315,7 @@ pub fn load_config(
                 MissingKey::Warn
             },
             text_issues,
+            transport: None,
         };
         let inner =
             config::load_config(&cluster.value, testsuite.as_ref(), &env, &default, &options)
