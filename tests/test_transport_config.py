@@ -1,15 +1,20 @@
-"""The cluster file's ``transport`` and ``slurm`` keys: validation, the getters and which engine
-``Cluster.from_config`` builds (explicit > CVS_CORE_TRANSPORT > file). Nothing here needs
-Slurm: building a Slurm cluster contacts nothing, and the calls that run use stand-in
-``srun``/``scontrol`` scripts."""
+"""The cluster file's ``transport`` and ``slurm`` keys: validation, the getters, which engine
+``Cluster.from_config`` builds (explicit > CVS_CORE_TRANSPORT > file) and the CLI's
+``--transport``. Nothing here needs Slurm: building a Slurm cluster contacts nothing, and the
+calls that run use stand-in ``srun``/``scontrol`` scripts."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import cvs_core
+from cvs_core import cli
 
 
 @pytest.fixture(autouse=True)
@@ -303,3 +308,121 @@ def test_from_config_passes_the_file_job_id(base: dict, tmp_path: Path) -> None:
         cluster.exec("true", timeout=20)
     argv = argv_file.read_text().splitlines()
     assert ("--jobid", "4242") in list(zip(argv, argv[1:]))
+
+
+# -- CLI --------------------------------------------------------------------------------------
+
+
+def test_cli_transport_flag_parses_on_every_command() -> None:
+    parser = cli.build_parser()
+    for command in (["validate", "f.json"], ["plan"], ["up"], ["down"], ["status"]):
+        args = parser.parse_args([*command, "--transport", "slurm"])
+        assert args.transport == "slurm", command
+        assert parser.parse_args(command).transport is None
+    args = parser.parse_args(["exec", "--transport", "auto", "hostname"])
+    assert (args.transport, args.command) == ("auto", "hostname")
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["plan", "--transport", "pdsh"])
+    assert exc.value.code == 2
+
+
+def test_cli_transport_flag_beats_environment_and_file(
+    keyless: dict, write_json, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    keyless["transport"] = "ssh"
+    path = write_json("c.json", keyless)
+    monkeypatch.setenv("CVS_CORE_TRANSPORT", "ssh")
+    # ssh from file and environment: priv_key_file is required.
+    assert cli.main(["validate", path, "--json"]) == 2
+    errors = json.loads(capsys.readouterr().out)["errors"]
+    assert errors == [
+        {"path": "priv_key_file", "message": "priv_key_file must be provided in configuration"}
+    ]
+    # --transport slurm: no key needed, nothing to warn about.
+    assert cli.main(["validate", path, "--json", "--transport", "slurm"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["summary"]["transport"] == "slurm"
+    assert out["warnings"] == []
+    # ... and the commands that connect refuse the keyless file over ssh, not over slurm.
+    assert cli.main(["exec", "--cluster-file", path, "--on-host", "true"]) == 2
+    assert "priv_key_file must be provided" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["exec", "--on-host", "true"], ["exec", "true"], ["status"], ["plan"]],
+)
+def test_cli_commands_run_on_the_transport_the_flag_names(
+    cluster: dict, write_json, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command, capsys
+) -> None:
+    """With ``--transport slurm``, a keyless file that says ssh reaches the hosts through srun
+    (stand-ins found on PATH, as the real ones would be)."""
+    cluster.pop("priv_key_file")
+    cluster["transport"] = "ssh"
+    path = write_json("c.json", cluster)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _, _, argv_file = _fake_slurm(bin_dir, list(cluster["node_dict"]))
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    name, *rest = command
+    rc = cli.main([name, "--cluster-file", path, "--transport", "slurm", "--json", *rest])
+    capsys.readouterr()
+    assert rc == 1  # the stand-in srun fails every host
+    assert argv_file.exists(), "srun was never run"
+    # Without the flag the file's ssh needs a key: refused before any host is contacted.
+    argv_file.unlink()
+    assert cli.main([name, "--cluster-file", path, *rest]) == 2
+    assert "priv_key_file must be provided" in capsys.readouterr().err
+    assert not argv_file.exists()
+
+
+def test_cli_validate_human_shows_the_transport(keyless: dict, write_json, capsys) -> None:
+    keyless["transport"] = "slurm"
+    keyless["slurm"] = {"partition": "gpu", "job_id": 12}
+    assert cli.main(["validate", write_json("c.json", keyless)]) == 0
+    out = capsys.readouterr().out
+    assert "transport: slurm  partition=gpu job_id=12" in out
+    assert "ssh user:" not in out
+
+
+def test_cli_validate_reports_transport_errors_with_exit_2(base: dict, write_json) -> None:
+    base["transport"] = "pdsh"
+    base["slurm"] = {"partition": "gpu queue", "qos": "high"}
+    path = write_json("bad.json", base)
+    res = subprocess.run(
+        [sys.executable, "-m", "cvs_core", "validate", path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 2, res.stderr
+    assert "invalid configuration (2 errors)" in res.stderr
+    assert "  - transport: must be 'ssh', 'slurm' or 'auto', got 'pdsh'" in res.stderr
+    assert "  - slurm.partition: 'gpu queue' must be" in res.stderr
+    res = subprocess.run(
+        [sys.executable, "-m", "cvs_core", "validate", path, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 2
+    assert [e["path"] for e in json.loads(res.stdout)["errors"]] == [
+        "transport",
+        "slurm.partition",
+    ]
+
+
+def test_cli_validate_flags_a_bad_environment_transport(
+    base: dict, write_json, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    path = write_json("c.json", base)
+    monkeypatch.setenv("CVS_CORE_TRANSPORT", "k8s")
+    assert cli.main(["validate", path, "--json"]) == 2
+    errors = json.loads(capsys.readouterr().out)["errors"]
+    assert [e["path"] for e in errors] == ["transport"]
+    assert "CVS_CORE_TRANSPORT" in errors[0]["message"]
+    # --transport makes the environment irrelevant.
+    assert cli.main(["validate", path, "--json", "--transport", "ssh"]) == 0
+    capsys.readouterr()
