@@ -2,13 +2,29 @@
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from os import PathLike
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 __version__: str
 """Cargo.toml's version (the wheel's metadata and ``cvs-core --version`` say the same)."""
 
 _Doc = Mapping[str, Any] | str | PathLike[str]
 _Detailed = Mapping[str, Mapping[str, Any] | str]
+_Transport = Literal["ssh", "slurm", "auto"]
+
+class _SlurmOptions(TypedDict, total=False):
+    """``Cluster(slurm=...)``: placement as in the cluster file's ``slurm`` block, plus where
+    the step runs and which Slurm commands to use. None leaves a key unset."""
+
+    job_id: str | int | None
+    partition: str | None
+    account: str | None
+    reservation: str | None
+    time: str | int | None
+    chdir: str | None
+    srun: str | None
+    salloc: str | None
+    scontrol: str | None
+    scancel: str | None
 
 # -- exceptions -------------------------------------------------------------------------------
 
@@ -121,13 +137,28 @@ class ClusterConfig:
     @property
     def env_vars(self) -> dict[str, str]: ...
     @property
+    def transport(self) -> _Transport | None:
+        """The file's ``transport`` as written; None when it has none."""
+    @property
+    def slurm(self) -> dict[str, str]:
+        """The keys the file's ``slurm`` block sets (``job_id`` and ``time`` as strings)."""
+    @property
+    def effective_transport(self) -> Literal["ssh", "slurm"]:
+        """The engine ``Cluster.from_config`` uses, resolved at load time: the ``transport``
+        argument, else ``CVS_CORE_TRANSPORT``, else the file's ``transport``, else ssh (``auto``
+        is slurm inside an allocation, i.e. with ``SLURM_JOB_ID`` set)."""
+    @property
     def container(self) -> ContainerSpec | None: ...
     @property
     def warnings(self) -> list[str]: ...
     def to_dict(self) -> dict[str, Any]: ...
 
 def load_config(
-    cluster: _Doc, testsuite: _Doc | None = None, *, require_key_file: bool = True
+    cluster: _Doc,
+    testsuite: _Doc | None = None,
+    *,
+    require_key_file: bool = True,
+    transport: _Transport | None = None,
 ) -> ClusterConfig: ...
 def resolve_container_lifetime(container: Any) -> Any: ...
 def resolve_container_setup_script(container: Any, *, default_script: str | None = None) -> Any: ...
@@ -296,11 +327,20 @@ class Cluster:
         password: str | None = None,
         idle_timeout: float = 600.0,
         keepalive: float = 30.0,
-    ) -> None: ...
+        transport: _Transport | None = None,
+        slurm: _SlurmOptions | None = None,
+    ) -> None:
+        """``transport``: an explicit value wins, else ``CVS_CORE_TRANSPORT``, else ssh."""
     @classmethod
-    def from_config(cls, config: ClusterConfig, **kwargs: Any) -> Cluster: ...
+    def from_config(cls, config: ClusterConfig, **kwargs: Any) -> Cluster:
+        """Hosts, user, key and password from ``config``; without ``transport=`` the
+        configuration's ``effective_transport``; the file's ``slurm`` block as ``slurm=`` (the
+        keys of a ``slurm=`` keyword win)."""
     @property
     def hosts(self) -> list[str]: ...
+    @property
+    def transport(self) -> Literal["ssh", "slurm"]:
+        """The engine this cluster resolved to."""
     def exec(
         self,
         cmd: str,

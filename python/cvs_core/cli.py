@@ -52,8 +52,12 @@ def _summary(cfg: cvs_core.ClusterConfig) -> list[str]:
         f"orchestrator: {cfg.orchestrator}",
         f"hosts ({len(hosts)}): {shown}",
         f"head node: {cfg.head_node}",
-        f"ssh user: {cfg.username}  key: {cfg.priv_key_file}",
     ]
+    if cfg.effective_transport == "slurm":
+        placement = " ".join(f"{k}={v}" for k, v in cfg.slurm.items())
+        lines.append(f"transport: slurm{'  ' + placement if placement else ''}")
+    else:
+        lines += ["transport: ssh", f"ssh user: {cfg.username}  key: {cfg.priv_key_file}"]
     spec = cfg.container
     if spec is not None:
         lines += [
@@ -124,8 +128,13 @@ def _load(args: argparse.Namespace) -> cvs_core.ClusterConfig:
     cluster_file = getattr(args, "cluster_file", None) or args.cluster_file_opt
     if not cluster_file:
         raise cvs_core.ConfigError("a cluster file is required (--cluster-file FILE)")
+    # The effective transport is resolved here (--transport > CVS_CORE_TRANSPORT > the file's
+    # transport) and Cluster.from_config, also inside ContainerLifecycle, follows it.
     return cvs_core.load_config(
-        cluster_file, args.config_file, require_key_file=getattr(args, "require_key_file", True)
+        cluster_file,
+        args.config_file,
+        require_key_file=getattr(args, "require_key_file", True),
+        transport=args.transport,
     )
 
 
@@ -157,6 +166,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                 "orchestrator": cfg.orchestrator,
                 "hosts": cfg.hosts,
                 "head_node": cfg.head_node,
+                "transport": cfg.effective_transport,
+                "slurm": cfg.slurm,
                 "container": cfg.container.to_dict() if cfg.container else None,
             },
             "warnings": cfg.warnings,
@@ -325,6 +336,12 @@ def _add_common(p: argparse.ArgumentParser, positional_cluster: bool = False) ->
         + (" (same as the positional argument)" if positional_cluster else ""),
     )
     p.add_argument("--config-file", metavar="FILE", help="testsuite JSON file (merged on top)")
+    p.add_argument(
+        "--transport",
+        choices=["ssh", "slurm", "auto"],
+        help="how commands reach the hosts; overrides CVS_CORE_TRANSPORT and the file's "
+        "transport (default: ssh; auto: slurm inside a Slurm allocation)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -400,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
         "path (exit 2). A priv_key_file that does not exist on this machine is only a warning "
         "here (a file may be checked away from the control host); plan, up, down, status and "
         "exec refuse it before connecting. A key file that exists must be a private key only "
-        "its owner can read (chmod 600).",
+        "its owner can read (chmod 600). With the slurm transport no key file is needed.",
     )
     _add_common(v, positional_cluster=True)
     v.set_defaults(func=_cmd_validate, require_key_file=False)

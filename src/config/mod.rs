@@ -8,6 +8,7 @@ mod json;
 pub mod paths;
 mod placeholders;
 pub mod pyrepr;
+mod transport;
 
 use serde_json::{Map, Value};
 
@@ -26,6 +27,10 @@ pub use json::{MAX_NESTING_DEPTH, ParsedDocument, parse_json_document};
 pub use placeholders::{
     CHANGEME_MARKER, USER_ID_PLACEHOLDER, placeholder_user, resolve_cluster_placeholders,
     resolve_cluster_placeholders_checked, strip_comment_keys,
+};
+pub use transport::{
+    Kind, SLURM_JOB_ID_ENV, SLURM_KEYS, SlurmConfig, TRANSPORT_ENV, TRANSPORT_VALUES,
+    is_slurm_word, parse_kind, resolve_kind,
 };
 
 use crate::error::{Error, Issue, Result};
@@ -58,6 +63,9 @@ pub struct LoadOptions {
     /// Issues of the files' text (keys given twice) that the parsed values cannot show,
     /// reported with every other issue.
     pub text_issues: Vec<Issue>,
+    /// The caller's transport (`ssh` | `slurm` | `auto`), stronger than `CVS_CORE_TRANSPORT`
+    /// and the file's `transport`.
+    pub transport: Option<String>,
 }
 
 impl Default for LoadOptions {
@@ -65,6 +73,7 @@ impl Default for LoadOptions {
         LoadOptions {
             missing_key: MissingKey::Error,
             text_issues: Vec::new(),
+            transport: None,
         }
     }
 }
@@ -79,12 +88,20 @@ pub struct ClusterConfig {
     /// The first host (CVS's head node).
     pub head_node: String,
     pub username: String,
+    /// `""` when absent (allowed only when the effective transport is Slurm).
     pub priv_key_file: String,
     pub password: Option<String>,
     pub head_node_dict: Map<String, Value>,
     /// `env_vars` of the cluster file, in file order.
     pub env_vars: Vec<(String, String)>,
     pub container: Option<ContainerSpec>,
+    /// The file's `transport` as written (`ssh`, `slurm` or `auto`), `None` when absent.
+    pub transport: Option<String>,
+    /// The file's `slurm` block.
+    pub slurm: SlurmConfig,
+    /// The engine this configuration runs on: the caller's choice, else `CVS_CORE_TRANSPORT`,
+    /// else `transport`, else SSH (`auto` resolved against `SLURM_JOB_ID`).
+    pub effective_transport: Kind,
     /// Non-fatal findings (unknown keys, fields CVS ignores).
     pub warnings: Vec<Issue>,
     /// The resolved document in the cluster file's own shape.
@@ -243,14 +260,33 @@ pub fn load_config(
         Some(v) => Some(v.clone()),
     };
     let username = required_string(&doc, "username", &mut errors);
-    let priv_key_file = required_string(&doc, "priv_key_file", &mut errors);
+    // Which engine decides whether an SSH key is needed; its own errors are reported after
+    // CVS's required keys.
+    let mut transport_errors = Vec::new();
+    let transport = transport::configured_transport(&doc, &mut transport_errors);
+    let effective_transport = transport::effective_kind(
+        options.transport.as_deref(),
+        transport.as_deref(),
+        env,
+        &mut transport_errors,
+    );
+    let priv_key_file = match (effective_transport, doc.get("priv_key_file")) {
+        // A Slurm-only cluster has no SSH keys: not required, not checked.
+        (Kind::Slurm, None | Some(Value::Null)) => Some(String::new()),
+        (Kind::Slurm, _) => required_string(&doc, "priv_key_file", &mut errors),
+        (Kind::Ssh, _) => required_string(&doc, "priv_key_file", &mut errors),
+    };
     let hosts = node_dict
         .as_ref()
         .map(|nd| hosts_of(nd, &mut errors))
         .unwrap_or_default();
-    if let Some(key) = &priv_key_file {
+    if let Some(key) = &priv_key_file
+        && effective_transport == Kind::Ssh
+    {
         check_key_file(key, env, options.missing_key, &mut errors, &mut warnings);
     }
+    errors.extend(transport_errors);
+    let slurm = transport::slurm_block(&doc, &mut errors, &mut warnings);
 
     let orchestrator = match doc.get("orchestrator") {
         None => "baremetal".to_owned(),
@@ -371,6 +407,9 @@ pub fn load_config(
         head_node_dict,
         env_vars,
         container,
+        transport,
+        slurm,
+        effective_transport,
         warnings,
         resolved: doc,
     })
@@ -856,6 +895,9 @@ pub(crate) mod tests {
             Just("mgmt_ip".to_owned()),
             Just("volumes".to_owned()),
             Just("defaults".to_owned()),
+            Just("transport".to_owned()),
+            Just("slurm".to_owned()),
+            Just("job_id".to_owned()),
             Just("_c".to_owned()),
             "\\PC{0,8}",
         ];
@@ -866,6 +908,7 @@ pub(crate) mod tests {
             any::<f64>().prop_map(|f| json!(f)),
             prop_oneof![
                 Just("persistent".to_owned()),
+                Just("slurm".to_owned()),
                 Just("{user-id}".to_owned()),
                 Just("<changeme>".to_owned()),
                 "\\PC{0,12}",

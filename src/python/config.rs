@@ -8,7 +8,7 @@ use super::convert::{map_to_py, to_py, to_value};
 use super::env::PyEnv;
 use super::errors::{IntoPyResult, guard};
 use crate::config::{
-    self, ClusterConfig, ContainerSpec, Env, LoadOptions, MissingKey, ParsedDocument,
+    self, ClusterConfig, ContainerSpec, Env, Kind, LoadOptions, MissingKey, ParsedDocument,
 };
 use crate::error::{Error, Issue};
 use crate::ssh::local::read_config_file;
@@ -205,6 +205,12 @@ impl PyClusterConfig {
     pub fn host_list(&self) -> Vec<String> {
         self.inner.hosts.clone()
     }
+    pub fn effective_kind(&self) -> Kind {
+        self.inner.effective_transport
+    }
+    pub fn slurm_pairs(&self) -> Vec<(&'static str, &str)> {
+        self.inner.slurm.pairs()
+    }
 }
 
 #[pymethods]
@@ -248,6 +254,27 @@ impl PyClusterConfig {
     fn env_vars<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         env_pairs(py, &self.inner.env_vars)
     }
+    /// The file's `transport` (`"ssh"`, `"slurm"` or `"auto"`), `None` when it has none.
+    #[getter]
+    fn transport(&self) -> Option<&str> {
+        self.inner.transport.as_deref()
+    }
+    /// The file's `slurm` block: the keys it sets (`job_id` and `time` as strings).
+    #[getter]
+    fn slurm<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in self.inner.slurm.pairs() {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+    /// `"ssh"` or `"slurm"`: the engine `Cluster.from_config` uses, resolved when the
+    /// configuration was loaded (the `transport` argument, else `CVS_CORE_TRANSPORT`, else the
+    /// file's `transport`, else ssh; `auto` is slurm inside an allocation).
+    #[getter]
+    fn effective_transport(&self) -> &'static str {
+        self.inner.effective_transport.as_str()
+    }
     #[getter]
     fn container(&self, py: Python<'_>) -> Option<Py<PyContainerSpec>> {
         self.container.as_ref().map(|c| c.clone_ref(py))
@@ -287,13 +314,16 @@ impl PyClusterConfig {
 /// Load, resolve and validate a cluster file (and an optional testsuite file).
 /// `require_key_file=False` makes a missing `priv_key_file` a warning instead of an error (for
 /// checking a file away from the control host); a key file that exists is checked either way.
+/// `transport` (`"ssh"`, `"slurm"`, `"auto"`) overrides `CVS_CORE_TRANSPORT` and the file's
+/// `transport`; when the result is Slurm, `priv_key_file` is neither required nor checked.
 #[pyfunction]
-#[pyo3(signature = (cluster, testsuite = None, *, require_key_file = true))]
+#[pyo3(signature = (cluster, testsuite = None, *, require_key_file = true, transport = None))]
 pub fn load_config(
     py: Python<'_>,
     cluster: &Bound<'_, PyAny>,
     testsuite: Option<&Bound<'_, PyAny>>,
     require_key_file: bool,
+    transport: Option<String>,
 ) -> PyResult<PyClusterConfig> {
     guard(py, || {
         let cluster = document(py, cluster, "cluster")?;
@@ -315,6 +345,7 @@ pub fn load_config(
                 MissingKey::Warn
             },
             text_issues,
+            transport,
         };
         let inner =
             config::load_config(&cluster.value, testsuite.as_ref(), &env, &default, &options)

@@ -634,6 +634,9 @@ impl PyCluster {
     }
 
     /// Build from a `ClusterConfig` (hosts, username, priv_key_file); keywords as `Cluster()`.
+    /// Without a `transport=` keyword the configuration's effective transport is used, and the
+    /// file's `slurm` block is passed as `slurm=` (a `slurm=` keyword's keys win over it). The
+    /// Slurm engine ignores `key` and `password`: a Slurm configuration may have no key file.
     #[classmethod]
     #[pyo3(signature = (config, **kwargs))]
     fn from_config<'py>(
@@ -644,12 +647,37 @@ impl PyCluster {
         let py = cls.py();
         let kw = PyDict::new(py);
         kw.set_item("user", config.username_str())?;
-        kw.set_item("key", config.key_str())?;
+        if !config.key_str().is_empty() {
+            kw.set_item("key", config.key_str())?;
+        }
         if let Some(pw) = config.password_str() {
             kw.set_item("password", pw)?;
         }
         if let Some(extra) = kwargs {
             kw.update(extra.as_mapping())?;
+        }
+        let given = |name: &str| -> PyResult<Option<Bound<'py, PyAny>>> {
+            Ok(kw.get_item(name)?.filter(|v| !v.is_none()))
+        };
+        if given("transport")?.is_none() {
+            kw.set_item("transport", config.effective_kind().as_str())?;
+        }
+        let file_slurm = config.slurm_pairs();
+        if !file_slurm.is_empty() {
+            let merged = PyDict::new(py);
+            for (k, v) in file_slurm {
+                merged.set_item(k, v)?;
+            }
+            match given("slurm")? {
+                Some(theirs) => {
+                    // Not a dict: passed on as given, for Cluster() to refuse.
+                    if let Ok(theirs) = theirs.cast::<PyDict>() {
+                        merged.update(theirs.as_mapping())?;
+                        kw.set_item("slurm", merged)?;
+                    }
+                }
+                None => kw.set_item("slurm", merged)?,
+            }
         }
         cls.call((config.host_list(),), Some(&kw))
     }

@@ -182,12 +182,7 @@ fn check_token(token: &str) -> Result<()> {
 /// Slurm's names for nodes, partitions, accounts, reservations and jobs never contain shell or
 /// list syntax; refusing anything else keeps a value from changing what srun is asked.
 pub fn check_slurm_word(what: &str, value: &str) -> Result<()> {
-    let ok = !value.is_empty()
-        && value.len() <= 256
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '+'));
-    if ok {
+    if crate::config::is_slurm_word(value) {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(

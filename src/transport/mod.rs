@@ -16,6 +16,9 @@ use crate::slurm::SlurmCluster;
 use crate::ssh::cluster::{EventSink, HoldFailure};
 use crate::ssh::{Cluster, HostResult, JobSpec};
 
+// Which engine to use is decided by the (pure) configuration layer.
+pub use crate::config::{Kind, TRANSPORT_ENV, resolve_kind};
+
 /// What the layers above need from a fan-out engine.
 pub trait Transport: Send + Sync + 'static {
     /// Keeps a held command running until dropped.
@@ -259,75 +262,5 @@ impl AnyTransport {
             AnyTransport::Ssh(c) => Transport::close(&**c).await,
             AnyTransport::Slurm(c) => Transport::close(&**c).await,
         }
-    }
-}
-
-/// Which engine a cluster uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Ssh,
-    Slurm,
-}
-
-/// The environment variable that overrides the configured transport.
-pub const TRANSPORT_ENV: &str = "CVS_CORE_TRANSPORT";
-
-/// Resolve `ssh` | `slurm` | `auto` (Slurm when the process runs inside an allocation, i.e.
-/// `SLURM_JOB_ID` is set). `env_override` is `CVS_CORE_TRANSPORT`, which wins over
-/// `configured` (a cluster file's value); an explicit argument is passed as `env_override`'s
-/// stronger sibling by the caller. Pure: the caller reads the environment.
-pub fn resolve_kind(
-    configured: Option<&str>,
-    env_override: Option<&str>,
-    slurm_job_id: Option<&str>,
-) -> Result<Kind> {
-    let (value, source) = match env_override.filter(|v| !v.trim().is_empty()) {
-        Some(v) => (v, TRANSPORT_ENV),
-        None => (configured.unwrap_or("ssh"), "transport"),
-    };
-    match value.trim() {
-        "ssh" => Ok(Kind::Ssh),
-        "slurm" => Ok(Kind::Slurm),
-        "auto" => Ok(match slurm_job_id.filter(|j| !j.trim().is_empty()) {
-            Some(_) => Kind::Slurm,
-            None => Kind::Ssh,
-        }),
-        other => Err(Error::InvalidArgument(format!(
-            "{source} must be 'ssh', 'slurm' or 'auto', got {other:?}"
-        ))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auto_follows_the_allocation_and_the_environment_wins() {
-        assert_eq!(resolve_kind(None, None, None).unwrap(), Kind::Ssh);
-        assert_eq!(
-            resolve_kind(Some("auto"), None, Some("42")).unwrap(),
-            Kind::Slurm
-        );
-        assert_eq!(
-            resolve_kind(Some("auto"), None, Some("")).unwrap(),
-            Kind::Ssh
-        );
-        assert_eq!(
-            resolve_kind(Some("ssh"), Some("slurm"), None).unwrap(),
-            Kind::Slurm
-        );
-        assert_eq!(
-            resolve_kind(Some("slurm"), Some(" "), None).unwrap(),
-            Kind::Slurm
-        );
-        let e = resolve_kind(None, Some("k8s"), None)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("CVS_CORE_TRANSPORT must be"), "{e}");
-        let e = resolve_kind(Some("pdsh"), None, None)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("transport must be"), "{e}");
     }
 }
