@@ -264,14 +264,21 @@ def test_bad_caller_slurm_option_is_refused(base: dict) -> None:
 
 
 def _fake_slurm(tmp_path: Path, hosts: list[str]) -> tuple[Path, Path, Path]:
-    """Stand-in scontrol (the hosts are idle nodes) and srun (records its argv, fails)."""
+    """Stand-in scontrol (the hosts are idle nodes), salloc (records its argv in salloc.argv,
+    grants job 77 and holds it like the real one until its stdin closes) and srun (records its
+    argv, fails)."""
     argv_file = tmp_path / "srun.argv"
     scontrol = tmp_path / "scontrol"
     lines = "\\n".join(f"NodeName={h} NodeAddr={h} NodeHostName={h} State=IDLE" for h in hosts)
     scontrol.write_text(f"#!/bin/sh\nprintf '{lines}\\n'\n")
+    salloc = tmp_path / "salloc"
+    salloc.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path / "salloc.argv"}\n'
+        'echo "salloc: Granted job allocation 77" >&2\nexec cat >/dev/null\n'
+    )
     srun = tmp_path / "srun"
     srun.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {argv_file}\nexit 3\n')
-    for script in (scontrol, srun):
+    for script in (scontrol, srun, salloc):
         script.chmod(0o755)
     return scontrol, srun, argv_file
 
@@ -283,18 +290,27 @@ def test_from_config_passes_the_file_slurm_block_under_the_callers_keys(
     base["slurm"] = {"partition": "gpu", "account": "acct", "time": 5}
     cfg = cvs_core.load_config(base)
     scontrol, srun, argv_file = _fake_slurm(tmp_path, cfg.hosts)
-    caller = {"srun": str(srun), "scontrol": str(scontrol), "account": "mine"}
+    salloc = tmp_path / "salloc"
+    caller = {
+        "srun": str(srun),
+        "salloc": str(salloc),
+        "scontrol": str(scontrol),
+        "account": "mine",
+    }
     with cvs_core.Cluster.from_config(cfg, slurm=caller) as cluster:
         results = cluster.exec("true", timeout=20)
     assert not results.ok  # the stand-in srun runs nothing
-    argv = argv_file.read_text().splitlines()
+    # placement goes to the allocation cvs-core makes; steps run inside it
+    argv = (tmp_path / "salloc.argv").read_text().splitlines()
     pairs = list(zip(argv, argv[1:]))
     assert ("--partition", "gpu") in pairs  # from the file
     assert ("--account", "mine") in pairs  # the caller's key wins
     assert ("--account", "acct") not in pairs
     assert ("--time", "5") in pairs  # an integer in the file, as text
-    assert "--jobid" not in argv
-    assert caller == {"srun": str(srun), "scontrol": str(scontrol), "account": "mine"}
+    steps = argv_file.read_text().splitlines()
+    assert ("--jobid", "77") in list(zip(steps, steps[1:]))
+    assert "--partition" not in steps
+    assert caller["account"] == "mine" and len(caller) == 4
 
 
 def test_from_config_passes_the_file_job_id(base: dict, tmp_path: Path) -> None:

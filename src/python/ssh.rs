@@ -580,7 +580,7 @@ impl PyCluster {
             // An explicit argument wins; otherwise CVS_CORE_TRANSPORT; otherwise ssh.
             let env = |k: &str| std::env::var(k).ok();
             let kind = match &transport {
-                Some(t) => resolve_kind(None, Some(t), env("SLURM_JOB_ID").as_deref()),
+                Some(t) => resolve_kind(Some(t), None, env("SLURM_JOB_ID").as_deref()),
                 None => resolve_kind(
                     None,
                     env(TRANSPORT_ENV).as_deref(),
