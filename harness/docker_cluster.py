@@ -998,6 +998,8 @@ class DockerCluster:
     def stop(self) -> None:
         """Tear down everything start() made (idempotent; also after a crashed start)."""
         problems = _teardown(self.workdir, self._popens)
+        for p in self._popens.values():
+            p.poll()  # reap what another process's `down` stopped
         self._popens.clear()
         self.slurmctld_port = 0
         self._state = {}
