@@ -94,8 +94,10 @@ Measured here (2 vCPU Firecracker VM, Slurm 22.05.8, munge 0.5.15):
   failed job at once;
 - ``partition(i)``: the same launch failure after 12 s ("Communication connection failure"),
   slurmd keeps running, ``+NOT_RESPONDING`` after ~25 s. After ``heal(i)`` the node responds
-  within 1.5 s, but a job that failed on it stays COMPLETING until slurmctld resends
-  TERMINATE_JOB (~50 s after the job ended: 0-37 s after the heal here): ``wait_slurm_idle()``.
+  within 1.5 s. The job that failed on it is COMPLETING until slurmd gets TERMINATE_JOB: healed
+  right after the failure, slurmctld's pending request gets through and the node is idle within
+  1 s; healed 25 s later, it waited for slurmctld's periodic resend, 37 s after the heal (~50 s
+  after the job ended). So after a heal: ``wait_slurm_idle()``.
 
 Environment: ``CVS_HARNESS_CACHE`` (cache dir), ``CVS_STORAGE_DRIVER`` (overlay2 / vfs; probed
 when unset), ``CVS_RUNC_WRAPPER`` (auto / 0 / 1), ``CVS_KEEP_ON_FAIL=1`` (keep a failed start
@@ -720,13 +722,15 @@ def _claim_bridge(bridge: str, own_workdir: Path) -> None:
             raise RuntimeError(f"could not stop the stale harness in {other}: {problems}")
     if Path(f"/sys/class/net/{bridge}").exists():
         _log(f"reclaiming {bridge} left by a harness in {other} whose state is gone")
-        _reclaim_orphan(bridge)
+        _reclaim_orphan(bridge, other)
 
 
-def _reclaim_orphan(bridge: str) -> None:
+def _reclaim_orphan(bridge: str, workdir: Path) -> None:
     """Remove a harness bridge (marked ours by its alias) and the node namespaces plugged into
     it: each port's alias names its node's netns, and every process in those namespaces (the
-    node's unshare included) was started by a harness."""
+    node's unshare included) was started by a harness. In the root namespace, that harness's
+    Slurm-mode slurmctld and munged (`workdir`: where the alias says its state was)."""
+    _reclaim_orphan_slurm(bridge.removeprefix("cvsbr-"), workdir)
     netns = []
     for port in Path(f"/sys/class/net/{bridge}/brif").iterdir():
         alias = Path(f"/sys/class/net/{port.name}/ifalias")
@@ -744,6 +748,25 @@ def _reclaim_orphan(bridge: str) -> None:
     _run(["ip", "link", "del", bridge], check=False)
     if Path(f"/sys/class/net/{bridge}").exists():
         raise RuntimeError(f"could not remove the stale bridge {bridge}")
+
+
+def _reclaim_orphan_slurm(net_id: str, workdir: Path) -> None:
+    """With its state gone, a stale cluster's root-namespace Slurm daemons are known by their
+    command lines, which only a harness of this subnet and workdir writes: slurmctld reads
+    <workdir>/slurm/slurm.conf, munged serves /run/munge-cvs-<net id>."""
+    mdir = f"/run/munge-cvs-{net_id}"
+    markers = _slurm_markers(
+        {"munge_socket": f"{mdir}/munge.socket.2", "conf": str(workdir / "slurm" / "slurm.conf")}
+    )
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            comm = _comm(int(d.name))
+            if comm in ("slurmctld", "munged") and markers[comm] in _cmdline(int(d.name)):
+                pids.append(int(d.name))
+    _term_wait(pids, 10)
+    if Path(mdir).exists() and not _unix_socket_answers(f"{mdir}/munge.socket.2"):
+        shutil.rmtree(mdir, ignore_errors=True)
 
 
 def _tcp_port_free(port: int) -> bool:

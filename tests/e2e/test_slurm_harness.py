@@ -212,8 +212,9 @@ def test_partition_fails_steps_on_that_node_and_heal_restores_it(
         assert len(_node_pids(c, i, "^slurmd ")) == 1
     finally:
         c.heal(i)
-    # the node answers pings again at once, but the failed job's node-side cleanup waits for
-    # slurmctld to resend TERMINATE_JOB (measured ~50 s after the job ended): bounded wait
+    # the node answers pings again at once; the failed job's node-side cleanup needs
+    # slurmctld's TERMINATE_JOB to get through: at once when healed this soon, else at its
+    # periodic resend (~50 s after the job ended): bounded wait
     c.wait_slurm_idle(150)
     r = c.slurm("srun", "-N1", "-w", name, "hostname", timeout=60)
     assert r.returncode == 0, r.stderr
