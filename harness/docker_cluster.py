@@ -72,7 +72,7 @@ with the reasons, is ``harness/slurm.conf.in``). ``start()`` returns once every 
   ``slurm_node_state(name)`` (``IDLE``, ``MIXED``, ``IDLE+COMPLETING``,
   ``IDLE+NOT_RESPONDING``, ``DOWN+NOT_RESPONDING``...), ``slurm_nodes_info()``,
   ``wait_slurm_idle()``;
-- ``salloc(3 | "node1,node2" | [names], ...)`` -> job id of a ``salloc --no-shell``
+- ``salloc(3 | "node1,node2" | [names] | "-N 3", ...)`` -> job id of a ``salloc --no-shell``
   allocation (steps: ``srun --jobid J --overlap``), ``scancel("J" | "J.S")`` (waits until
   squeue no longer lists it);
 - ``stop_slurmd(i)`` / ``start_slurmd(i)``: kill node i's slurmd (verified gone; its running
@@ -125,6 +125,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -1700,11 +1701,7 @@ class DockerCluster:
             state = info.get("State", "")
             # a new slurmd's registration carries its start time (1 s resolution)
             registered = running or info.get("SlurmdStartTime") not in (None, before)
-            if (
-                registered
-                and state
-                and not any(bad in state for bad in ("DOWN", "NOT_RESPONDING", "*"))
-            ):
+            if registered and state and not any(bad in state for bad in ("DOWN", "NOT_RESPONDING")):
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(
@@ -1714,13 +1711,15 @@ class DockerCluster:
             time.sleep(0.1)
 
     def salloc(self, nodes: int | str | list[str], *args: str, timeout: float = 30) -> str:
-        """A new allocation (``salloc --no-shell``) on `nodes`: a count (``-N``), a node list
-        string (``-w node1,node2``) or a list of names; returns its job id. Fails when it is
-        not granted within `timeout` s (--immediate). Release it with ``scancel(job_id)``."""
+        """A new allocation (``salloc --no-shell``) on `nodes`: a count (``3``: ``-N 3``), a
+        node list (``"node1,node2"``: ``-w``), a list of names, or salloc options as one string
+        (``"-N 3"``, ``"--nodelist=node1,node2"``); more options in `args`. Returns its job id;
+        fails when it is not granted within `timeout` s (--immediate). Release it with
+        ``scancel(job_id)``."""
         if isinstance(nodes, int):
             sel = ["-N", str(nodes)]
         elif isinstance(nodes, str):
-            sel = ["-w", nodes]
+            sel = shlex.split(nodes) if nodes.startswith("-") else ["-w", nodes]
         else:
             sel = ["-N", str(len(nodes)), "-w", ",".join(nodes)]
         argv = ["salloc", "--no-shell", f"--immediate={max(1, round(timeout))}", *sel, *args]

@@ -127,12 +127,30 @@ def test_stop_slurmd_fails_steps_on_that_node_and_start_slurmd_restores_it(
     assert r.stdout.strip() == name
 
 
+@pytest.mark.parametrize(
+    "nodes", [2, "node1,node2", ["node1", "node2"], "-N 2 --nodelist=node1,node2"], ids=repr
+)
+def test_salloc_allocates_and_scancel_releases(idle_after: DockerCluster, nodes) -> None:
+    c = idle_after
+    job = c.salloc(nodes)
+    try:
+        assert job.isdigit()
+        r = c.slurm("squeue", "-h", "-j", job, "-o", "%T %D %N", check=True)
+        assert r.stdout.split() == ["RUNNING", "2", "node[1-2]"]
+        assert c.slurm_node_state("node1") in ("MIXED", "ALLOCATED")
+    finally:
+        c.scancel(job)
+    # scancel returned once squeue stopped listing the job
+    assert c.slurm("squeue", "-h", "-j", job, check=False).stdout.strip() == ""
+    c.scancel(job)  # an ended job is not an error
+
+
 def test_two_overlapping_steps_run_concurrently_in_one_allocation(
     idle_after: DockerCluster,
 ) -> None:
     c = idle_after
     flag = f"/tmp/cvs-overlap-{uuid.uuid4().hex[:8]}"
-    job = c.salloc(3)
+    job = c.salloc(f"--nodelist={','.join(c.slurm_nodes)}")
     try:
         r = c.slurm("squeue", "-h", "-j", job, "-o", "%T %D %N", check=True)
         assert r.stdout.split() == ["RUNNING", "3", "node[1-3]"]
