@@ -16,9 +16,13 @@
 #   * stays PID 1: reaps orphans (sshd restarted by start_sshd() is re-parented here) until
 #     dockerd and its sshd are gone. TERM stops both; when PID 1 exits the kernel kills
 #     everything left in the node's PID namespace (containers included).
+# `node_harness.sh slurm NAME`, run inside the node (Slurm mode), starts the node's munged and
+# slurmd unless they run; both daemonize and are re-parented to (and reaped by) PID 1.
 # Environment (set by docker_cluster.py): CVS_NODE_DRIVER (overlay2|vfs), CVS_NODE_RUNTIME
 # (node-side path of runc-capfilter, empty to use plain runc), CVS_NODE_CGROUP (dockerd's
-# --cgroup-parent: the node's containers' cgroups, removed by the harness's stop()).
+# --cgroup-parent: the node's containers' cgroups, removed by the harness's stop()); for
+# `slurm`: CVS_MUNGE_SOCKET (the cluster's munge socket path, the same string as in the root
+# namespace) and CVS_SLURM_NODE_DIR (the node-private directory of slurmd's files).
 set -euo pipefail
 
 NBASE=/run/cvs
@@ -44,6 +48,37 @@ run_dockerd() {
     --exec-opt native.cgroupdriver=cgroupfs --cgroup-parent "${CVS_NODE_CGROUP:-/cvs-$name}" \
     --shutdown-timeout 2 \
     "${runtime_flags[@]}" >>"$ND/dockerd.log" 2>&1
+}
+
+# Is the daemon named COMM running with the PID in PIDFILE (a PID of this node's namespace)?
+running() {
+  local comm=$1 pidfile=$2 pid
+  pid=$(cat "$pidfile" 2>/dev/null) || return 1
+  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ]
+}
+
+# The node's munged and slurmd (Slurm mode), each started only when it does not run, so this is
+# also how the harness restarts a stopped slurmd. The key and slurm.conf are copied from the
+# harness directory into the node's private /run: munged insists on a key only root can read,
+# and slurmd reads its own copy, like a real node's /etc/slurm.
+run_slurm() {
+  local name=$1
+  local ND=$NBASE/nodes/$name
+  local sock=${CVS_MUNGE_SOCKET:?} sdir=${CVS_SLURM_NODE_DIR:?}
+  local mdir=${sock%/*}
+  umask 022
+  mkdir -p "$mdir" "$sdir/spool"
+  chmod 755 "$mdir"   # munged refuses a socket directory others can write to
+  if ! running munged "$mdir/munged.pid"; then
+    install -m 400 "$NBASE/slurm/munge.key" "$mdir/munge.key"
+    # returns once the daemon is ready (or failed): munged reports back through a pipe
+    munged --socket="$sock" --key-file="$mdir/munge.key" --pid-file="$mdir/munged.pid" \
+      --seed-file="$mdir/munged.seed" --log-file="$ND/munged.log"
+  fi
+  if ! running slurmd "$sdir/slurmd.pid"; then
+    cp "$NBASE/slurm/slurm.conf" "$sdir/slurm.conf"
+    slurmd -f "$sdir/slurm.conf"
+  fi
 }
 
 node_init() {
@@ -94,8 +129,13 @@ case ${1:-} in
     [ $# = 1 ] || { echo "usage: node_harness.sh dockerd NAME (inside the node)" >&2; exit 2; }
     run_dockerd "$1"
     ;;
+  slurm)
+    shift
+    [ $# = 1 ] || { echo "usage: node_harness.sh slurm NAME (inside the node)" >&2; exit 2; }
+    run_slurm "$1"
+    ;;
   *)
-    sed -n '2,21p' "$0" >&2
+    sed -n '2,26p' "$0" >&2
     exit 2
     ;;
 esac
