@@ -64,6 +64,8 @@ pub struct SlurmCluster {
 struct Allocation {
     job: String,
     nodes: Vec<String>,
+    /// Why each host of the cluster left out of the allocation was left out.
+    left_out: HashMap<String, String>,
     stdin: Option<tokio::process::ChildStdin>,
     child: Child,
 }
@@ -329,12 +331,25 @@ impl SlurmCluster {
         }
         let mut alloc = self.alloc.lock().await;
         if alloc.is_none() {
-            let wanted: Vec<String> = Self::usable(&self.hosts, &nodes, false)
-                .into_iter()
-                .flatten()
-                .collect();
+            let mut wanted = Vec::new();
+            let mut left_out = HashMap::new();
+            for (h, r) in self
+                .hosts
+                .iter()
+                .zip(Self::usable(&self.hosts, &nodes, false))
+            {
+                match r {
+                    Ok(n) => wanted.push(n),
+                    Err(why) => {
+                        left_out.insert(h.clone(), why);
+                    }
+                }
+            }
             match self.allocate(&wanted).await {
-                Ok(a) => *alloc = Some(a),
+                Ok(mut a) => {
+                    a.left_out = left_out;
+                    *alloc = Some(a);
+                }
                 Err(why) => {
                     // Unusable hosts keep their own reason; the others get salloc's.
                     let placed = Self::usable(hosts, &nodes, false)
@@ -348,17 +363,16 @@ impl SlurmCluster {
         let a = alloc.as_ref().expect("allocated above");
         let placed = Self::usable(hosts, &nodes, true)
             .into_iter()
-            .map(|r| {
+            .zip(hosts)
+            .map(|(r, h)| {
                 r.and_then(|n| {
                     if a.nodes.contains(&n) {
-                        Ok(n)
-                    } else {
-                        Err(format!(
-                            "slurm node {n} is not in allocation {} (it was unavailable when \
-                             cvs-core allocated)",
-                            a.job
-                        ))
+                        return Ok(n);
                     }
+                    Err(match a.left_out.get(h) {
+                        Some(why) => format!("{why} (left out of allocation {})", a.job),
+                        None => format!("slurm node {n} is not in allocation {}", a.job),
+                    })
                 })
             })
             .collect();
@@ -409,6 +423,7 @@ impl SlurmCluster {
                 Ok(Allocation {
                     job,
                     nodes: nodes.to_vec(),
+                    left_out: HashMap::new(),
                     stdin,
                     child,
                 })

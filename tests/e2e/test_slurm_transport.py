@@ -22,9 +22,9 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(autouse=True)
-def slurm_client_env(docker_cluster, monkeypatch):
+def slurm_client_env(slurm_cluster, monkeypatch):
     """srun, scontrol and scancel in this process talk to the harness's slurmctld."""
-    for k, v in docker_cluster.slurm_env().items():
+    for k, v in slurm_cluster.slurm_env().items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.delenv("CVS_CORE_TRANSPORT", raising=False)
@@ -60,8 +60,8 @@ def cluster(dc, hosts=None, **kw) -> cvs_core.Cluster:
     return cvs_core.Cluster(hosts or list(dc.hosts), transport="slurm", **kw)
 
 
-def test_per_host_results_with_exact_bytes(docker_cluster) -> None:
-    dc = docker_cluster
+def test_per_host_results_with_exact_bytes(slurm_cluster) -> None:
+    dc = slurm_cluster
     with cluster(dc) as c:
         assert c.transport == "slurm"
         # the host's own name, no trailing newline; stderr apart; exit code per host
@@ -78,8 +78,8 @@ def test_per_host_results_with_exact_bytes(docker_cluster) -> None:
             assert (h.status, h.exit_code) == ("ok", 0)
 
 
-def test_binary_and_large_output_arrive_intact(docker_cluster) -> None:
-    dc = docker_cluster
+def test_binary_and_large_output_arrive_intact(slurm_cluster) -> None:
+    dc = slurm_cluster
     # deterministic binary (gzip -n: no name, no timestamp), about 0.6 MB per host
     with cluster(dc) as c:
         r = c.exec("seq 1 300000 | gzip -1 -n")
@@ -93,9 +93,9 @@ def test_binary_and_large_output_arrive_intact(docker_cluster) -> None:
         assert h.stdout_bytes == b"\xff" * 4_000_000
 
 
-def test_large_raw_output_is_byte_exact(docker_cluster, tmp_path: Path) -> None:
+def test_large_raw_output_is_byte_exact(slurm_cluster, tmp_path: Path) -> None:
     """3 MB of binary stdout per host through download(): the bytes of a remote file."""
-    dc = docker_cluster
+    dc = slurm_cluster
     data = os.urandom(3_000_000) + b"\x00no-newline"
     src = tmp_path / "payload.bin"
     src.write_bytes(data)
@@ -114,8 +114,8 @@ def test_large_raw_output_is_byte_exact(docker_cluster, tmp_path: Path) -> None:
         assert Path(p).read_bytes() == data
 
 
-def test_stdin_is_broadcast_to_every_host(docker_cluster) -> None:
-    dc = docker_cluster
+def test_stdin_is_broadcast_to_every_host(slurm_cluster) -> None:
+    dc = slurm_cluster
     payload = os.urandom(1_500_000)
     with cluster(dc) as c:
         r = c.exec('sha256sum; echo "host=$(hostname)"', stdin=payload)
@@ -126,8 +126,8 @@ def test_stdin_is_broadcast_to_every_host(docker_cluster) -> None:
         assert f"host={dc.names[i]}" in h.stdout
 
 
-def test_timeout_kills_every_remote_process(docker_cluster) -> None:
-    dc = docker_cluster
+def test_timeout_kills_every_remote_process(slurm_cluster) -> None:
+    dc = slurm_cluster
     mark = f"{time.time_ns() % 10**6}.{os.getpid()}"
     with cluster(dc) as c:
         t0 = time.monotonic()
@@ -141,14 +141,14 @@ def test_timeout_kills_every_remote_process(docker_cluster) -> None:
         assert f"sleep {mark}" not in procs(dc, i, f"sleep {mark}")
 
 
-def test_interrupt_cancels_and_kills_every_remote_process(docker_cluster) -> None:
-    dc = docker_cluster
+def test_interrupt_cancels_and_kills_every_remote_process(slurm_cluster) -> None:
+    dc = slurm_cluster
     mark = f"{time.time_ns() % 10**6}.{os.getpid()}"
     with cluster(dc) as c:
         started = threading.Event()
 
-        def progress(ev) -> None:
-            if getattr(ev, "phase", None) == "running":
+        def progress(host: str, phase: str) -> None:
+            if phase == "running":
                 started.set()
 
         timer = threading.Thread(target=lambda: (started.wait(30), time.sleep(0.5), c.interrupt()))
@@ -162,8 +162,8 @@ def test_interrupt_cancels_and_kills_every_remote_process(docker_cluster) -> Non
         assert f"sleep {mark}" not in procs(dc, i, f"sleep {mark}")
 
 
-def test_inactivity_timeout_is_per_host(docker_cluster) -> None:
-    dc = docker_cluster
+def test_inactivity_timeout_is_per_host(slurm_cluster) -> None:
+    dc = slurm_cluster
     with cluster(dc) as c:
         r = c.exec(
             "case $(hostname) in *1) echo first; sleep 30;; *) echo quick;; esac",
@@ -172,11 +172,11 @@ def test_inactivity_timeout_is_per_host(docker_cluster) -> None:
     assert r[0].status == "inactivity_timeout", r[0].error
     assert r[0].stdout == "first\n"
     assert "remote processes killed" in r[0].error
-    assert [h.status for h in r[1:]] == ["ok"] * (dc.n - 1)
+    assert [h.status for h in list(r)[1:]] == ["ok"] * (dc.n - 1)
 
 
-def test_concurrent_calls_share_one_allocation(docker_cluster) -> None:
-    dc = docker_cluster
+def test_concurrent_calls_share_one_allocation(slurm_cluster) -> None:
+    dc = slurm_cluster
     job = dc.salloc(f"--nodelist={','.join(dc.slurm_nodes)}")
     try:
         with cluster(dc, slurm={"job_id": job}) as c:
@@ -200,8 +200,8 @@ def test_concurrent_calls_share_one_allocation(docker_cluster) -> None:
         dc.scancel(job)
 
 
-def test_auto_inside_an_allocation_uses_it(docker_cluster, monkeypatch) -> None:
-    dc = docker_cluster
+def test_auto_inside_an_allocation_uses_it(slurm_cluster, monkeypatch) -> None:
+    dc = slurm_cluster
     job = dc.salloc(f"--nodelist={','.join(dc.slurm_nodes)}")
     try:
         monkeypatch.setenv("SLURM_JOB_ID", job)
@@ -217,8 +217,8 @@ def test_auto_inside_an_allocation_uses_it(docker_cluster, monkeypatch) -> None:
         dc.scancel(job)
 
 
-def test_a_host_slurm_does_not_know_is_reported_not_guessed(docker_cluster) -> None:
-    dc = docker_cluster
+def test_a_host_slurm_does_not_know_is_reported_not_guessed(slurm_cluster) -> None:
+    dc = slurm_cluster
     stranger = f"{dc.subnet}.250"
     with cluster(dc, [dc.hosts[0], stranger]) as c:
         r = c.exec("true")
@@ -227,14 +227,14 @@ def test_a_host_slurm_does_not_know_is_reported_not_guessed(docker_cluster) -> N
     assert "knows no node" in r[1].error and stranger in r[1].error
 
 
-def test_drained_node_is_unreachable_with_slurms_reason(docker_cluster) -> None:
-    dc = docker_cluster
+def test_drained_node_is_unreachable_with_slurms_reason(slurm_cluster) -> None:
+    dc = slurm_cluster
     node = dc.slurm_nodes[2]
     dc.slurm("scontrol", "update", f"nodename={node}", "state=drain", "reason=cvs-core-test")
     try:
         with cluster(dc) as c:
             r = c.exec("hostname")
-        assert [h.status for h in r[:2]] == ["ok", "ok"]
+        assert [h.status for h in list(r)[:2]] == ["ok", "ok"]
         assert r[2].status == "unreachable"
         assert "DRAIN" in r[2].error and "cvs-core-test" in r[2].error, r[2].error
     finally:
@@ -242,8 +242,8 @@ def test_drained_node_is_unreachable_with_slurms_reason(docker_cluster) -> None:
         all_ready(dc)
 
 
-def test_stopped_slurmd_before_the_call_is_unreachable_in_time(docker_cluster) -> None:
-    dc = docker_cluster
+def test_stopped_slurmd_before_the_call_is_unreachable_in_time(slurm_cluster) -> None:
+    dc = slurm_cluster
     dc.stop_slurmd(1)
     try:
         with cluster(dc, connect_timeout=4) as c:
@@ -259,8 +259,8 @@ def test_stopped_slurmd_before_the_call_is_unreachable_in_time(docker_cluster) -
         all_ready(dc)
 
 
-def test_node_dying_during_the_call_is_unreachable_in_time(docker_cluster) -> None:
-    dc = docker_cluster
+def test_node_dying_during_the_call_is_unreachable_in_time(slurm_cluster) -> None:
+    dc = slurm_cluster
     try:
         with cluster(dc, connect_timeout=4) as c:
             result: list = []
@@ -282,8 +282,8 @@ def test_node_dying_during_the_call_is_unreachable_in_time(docker_cluster) -> No
         all_ready(dc)
 
 
-def test_partitioned_node_is_unreachable_in_time(docker_cluster) -> None:
-    dc = docker_cluster
+def test_partitioned_node_is_unreachable_in_time(slurm_cluster) -> None:
+    dc = slurm_cluster
     try:
         with cluster(dc, connect_timeout=4) as c:
             result: list = []
@@ -298,13 +298,13 @@ def test_partitioned_node_is_unreachable_in_time(docker_cluster) -> None:
             assert r[2].status == "unreachable", (r[2].status, r[2].error)
             assert "lost contact" in r[2].error
             assert took < 4 + 5, took
-            assert [h.stdout for h in r[:2]] == ["done\n", "done\n"]
+            assert [h.stdout for h in list(r)[:2]] == ["done\n", "done\n"]
             # before a call: the task never starts there
             t0 = time.monotonic()
             r = c.exec("hostname")
             assert r[2].status == "unreachable", (r[2].status, r[2].error)
             assert time.monotonic() - t0 < 4 + 5
-            assert [h.ok for h in r[:2]] == [True, True]
+            assert [h.ok for h in list(r)[:2]] == [True, True]
     finally:
         dc.heal(2)
         all_ready(dc)
