@@ -45,8 +45,8 @@ fmt: $(PY) ## Format Rust and Python sources
 	cargo fmt --all
 	$(VENV)/bin/ruff format python tests harness benchmarks scripts
 
-demo: prereqs dev ## Main job on a simulated 3-node cluster: plan, up, exec, attach, status, down
-	$(PY) scripts/demo.py
+demo: prereqs dev ## Main job on a simulated 3-node cluster: plan, up, exec, attach, status, down (TRANSPORT=slurm: over srun)
+	$(PY) scripts/demo.py --transport $(or $(TRANSPORT),ssh)
 
 bench: dev ## Fan-out benchmark: cvs_core vs parallel-ssh (prints a table, writes JSON)
 	$(VENV)/bin/maturin develop --release -q  # timings of a debug build mean nothing
