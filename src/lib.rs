@@ -4,7 +4,8 @@
 //! - [`config`]: pure model and resolution of cluster/testsuite configuration;
 //! - [`lifecycle`]: pure container-lifetime decisions from probe observations;
 //! - [`render`]: pure rendering of decisions and specs to argv and shell text (quoting lives here);
-//! - [`ssh`]: the only I/O;
+//! - [`ssh`] and [`slurm`]: the I/O, one engine each (OpenSSH masters; srun steps), behind
+//!   the [`transport`] seam the lifecycle driver and the Python API use;
 //! - `python` (feature `python`): the only pyo3 code.
 
 pub mod config;
