@@ -38,37 +38,38 @@ pub struct StepSpec<'a> {
 
 /// The task wrapper, run by bash on every node as `bash -c WRAPPER cvs-core-task TOKEN CMD`.
 ///
-/// It is the task's only writer to stdout, and writes only lines of at most 80 bytes, so srun's
-/// `--label` line buffering keeps every frame whole and apart from other tasks' frames:
-/// - `h <node> <job>.<step>`: the task started on that node (the step to cancel);
-/// - `o <base64>` / `e <base64>`: bytes of the command's stdout / stderr. Each line decodes on
-///   its own; together they are the exact bytes (binary, no trailing newline, any size);
-/// - `k`: a heartbeat after a second without any other line, so a silent command is told apart
-///   from a lost node;
-/// - `x <code>`: the command's exit status, after all its output;
-/// - `K <report>`: what the kill script found, after SIGURG (the engine's way to stop the
+/// It is the task's only writer to stdout. Every frame is `@<tag> ...~`: srun does not keep a
+/// task's lines whole (see `slurm::frame`), so frames carry their own delimiters:
+/// - `@h <node> <job>.<step>~`: the task started on that node (the step to signal);
+/// - `@o <offset> <base64>~` / `@e ...~`: bytes of the command's stdout / stderr starting at
+///   byte `<offset>`, 57 bytes a frame; together they are the exact bytes (binary, no trailing
+///   newline, any size), and a lost frame shows as a gap;
+/// - `@k~`: a heartbeat after a second without any other frame, so a silent command is told
+///   apart from a lost node;
+/// - `@x <code>~`: the command's exit status, after all its output;
+/// - `@K <report>~`: what the kill script found, after SIGURG (the engine's way to stop the
 ///   command: `scancel --signal=URG <job>.<step>`; URG because its default action is to be
-///   ignored, so only the wrapper acts on it and the command is killed by the script) or after `i`, the command's inactivity
-///   timeout (`$4` milliseconds without output, counted by the wrapper's own sleeps: never
-///   early).
+///   ignored, so only the wrapper acts on it and the command is killed by the script) or after
+///   `@i~`, the command's inactivity timeout (`$4` milliseconds without output, counted by the
+///   wrapper's own sleeps: never early).
 ///
 /// Stopping runs the kill script inside the task (`$3`, with the job's privilege prefix, so it
-/// reaches processes in containers too), not as a second step: a job srun created for the call
-/// ends when its step does, and would take a second step with it. Only the command carries the
+/// reaches processes in containers too), not as a second step. Only the command carries the
 /// job marker, so the kill script never hits the wrapper.
 ///
 /// The command runs in the background with its output in node-local files that the wrapper
 /// drains (new bytes only, `dd` with byte offsets) with a backoff from 5 ms to 200 ms: short
 /// commands return fast and long ones cost a few forks a second. Its stdin is the task's
-/// (srun's `--input=all` broadcasts the caller's stdin to every task). The directory is named
-/// after the token so the kill step removes it when the wrapper itself was killed.
+/// (srun's `--input=all` broadcasts the caller's stdin to every task). The directory goes when
+/// the wrapper exits, also on the TERM of a step cancel.
 pub const TASK_WRAPPER: &str = r#"t=$1 c=$2 kc=$3 il=${4:-0}
 d=${TMPDIR:-/tmp}/cvs-core-task-$t
-mkdir -m 700 "$d" 2>/dev/null || { echo "f cannot create $d"; exit 0; }
+mkdir -m 700 "$d" 2>/dev/null || { echo "@f cannot create the task directory in ${TMPDIR:-/tmp}~"; exit 0; }
 trap 'rm -rf "$d"' EXIT
-stop() { echo "K $(bash -c "$kc" </dev/null 2>/dev/null | tail -n 1)"; }
+trap 'exit 143' TERM HUP INT
+stop() { echo "@K $(bash -c "$kc" </dev/null 2>/dev/null | tail -n 1)~"; }
 trap stop URG
-echo "h ${SLURMD_NODENAME:-$(hostname -s)} $SLURM_JOB_ID.$SLURM_STEP_ID"
+echo "@h ${SLURMD_NODENAME:-$(hostname -s)} $SLURM_JOB_ID.$SLURM_STEP_ID~"
 exec 3<&0
 CVS_CORE_JOB=$t bash -c "$c" <&3 >"$d/o" 2>"$d/e" 3<&- &
 p=$!
@@ -80,7 +81,7 @@ drain() {
   sz=$(stat -c %s "$1" 2>/dev/null) || return 1
   [ "$sz" -gt "$off" ] || return 1
   dd if="$1" iflag=skip_bytes,count_bytes skip="$off" count=$((sz - off)) bs=1M status=none |
-    base64 -w 76 | sed "s/^/$2 /"
+    base64 -w 76 | awk -v t="$2" -v o="$off" '{ print "@" t " " o " " $0 "~"; o += 57 }'
   off=$sz
 }
 ms=5 quiet=0 idle=0
@@ -92,15 +93,15 @@ while :; do
   [ "$up" = 0 ] || break
   if [ "$w" = 1 ]; then quiet=0 idle=0 ms=50; else
     quiet=$((quiet + ms)) idle=$((idle + ms))
-    [ "$quiet" -lt 1000 ] || { echo k; quiet=0; }
+    [ "$quiet" -lt 1000 ] || { echo "@k~"; quiet=0; }
     [ "$ms" -ge 200 ] || ms=$((ms * 2))
-    if [ "$il" -gt 0 ] && [ "$idle" -ge "$il" ]; then echo i; stop; il=0; fi
+    if [ "$il" -gt 0 ] && [ "$idle" -ge "$il" ]; then echo "@i~"; stop; il=0; fi
   fi
   sleep "0.$(printf %03d "$ms")"
 done
 wait "$p"; rc=$?
 drain "$d/o" o po; drain "$d/e" e pe
-echo "x $rc"
+echo "@x $rc~"
 "#;
 
 /// `$0` of the wrapper: what `ps` shows for it on the nodes.

@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 
-use super::frame::{Frame, is_exit_notice, parse_frame, split_label};
+use super::frame::{Frame, Item, Reassembler, is_exit_notice, split_label};
 use super::nodes::{Node, map_hosts, parse_show_node};
 use crate::error::{Error, Result};
 use crate::render::slurm::{Placement, StepSpec, kill_command, salloc_argv, srun_argv};
@@ -57,6 +57,25 @@ pub struct SlurmCluster {
     close_tx: watch::Sender<bool>,
     /// The allocation cvs-core made (no `job_id` given), on first use.
     alloc: tokio::sync::Mutex<Option<Allocation>>,
+    /// Calls running now: `close` lets them stop their tasks before it gives the allocation
+    /// back (releasing it first would end the steps before their kills could report).
+    inflight: watch::Sender<usize>,
+}
+
+/// Counts a call as running while it lives.
+struct Running<'a>(&'a watch::Sender<usize>);
+
+impl<'a> Running<'a> {
+    fn new(tx: &'a watch::Sender<usize>) -> Self {
+        tx.send_modify(|n| *n += 1);
+        Running(tx)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 /// An allocation held by `salloc ... -- cat` (see `render::slurm::salloc_argv`): it lasts
@@ -109,6 +128,9 @@ struct Member {
     out: Option<std::fs::File>,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
+    /// Bytes of stdout / stderr received (the next frame's expected offset).
+    out_len: u64,
+    err_len: u64,
     started: bool,
     last_seen: Instant,
     last_output: Instant,
@@ -137,6 +159,8 @@ impl Member {
             out,
             stdout: Vec::new(),
             stderr: Vec::new(),
+            out_len: 0,
+            err_len: 0,
             started: false,
             last_seen: now,
             last_output: now,
@@ -148,6 +172,35 @@ impl Member {
             inactivity: None,
             notes: Vec::new(),
             io_error: None,
+        }
+    }
+
+    /// Whether a data frame continues its stream exactly; a gap or an overlap means srun lost
+    /// part of the output, which is reported, never papered over.
+    fn accept(&mut self, stdout: bool, offset: u64, len: usize) -> bool {
+        let have = if stdout { self.out_len } else { self.err_len };
+        if offset != have {
+            let what = if stdout { "stdout" } else { "stderr" };
+            self.damaged(format!(
+                "{what} frame at byte {offset}, expected byte {have}"
+            ));
+            return false;
+        }
+        let n = have + len as u64;
+        if stdout {
+            self.out_len = n;
+        } else {
+            self.err_len = n;
+        }
+        true
+    }
+
+    fn damaged(&mut self, what: String) {
+        if self.io_error.is_none() {
+            self.io_error = Some(format!(
+                "output from slurm node {} was damaged in transit: {what}",
+                self.node
+            ));
         }
     }
 
@@ -261,6 +314,7 @@ impl SlurmCluster {
             closed: AtomicBool::new(false),
             close_tx: watch::channel(false).0,
             alloc: tokio::sync::Mutex::new(None),
+            inflight: watch::channel(0).0,
         })
     }
 
@@ -463,6 +517,12 @@ impl SlurmCluster {
     pub async fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
         let _ = self.close_tx.send(true);
+        let mut running = self.inflight.subscribe();
+        let _ = tokio::time::timeout(
+            KILL_GRACE + KILL_REPORT_WAIT + Duration::from_secs(5),
+            running.wait_for(|n| *n == 0),
+        )
+        .await;
         if let Some(a) = self.alloc.lock().await.take() {
             a.release(&self.opts.scancel).await;
         }
@@ -476,6 +536,7 @@ impl SlurmCluster {
         events: Option<EventSink>,
         cancel: watch::Receiver<bool>,
     ) -> Vec<HostResult> {
+        let _running = Running::new(&self.inflight);
         let order: Vec<String> = jobs.iter().map(|(h, _)| h.clone()).collect();
         let mut results: HashMap<String, HostResult> = HashMap::new();
         if self.closed.load(Ordering::Relaxed) {
@@ -677,7 +738,10 @@ impl SlurmCluster {
         }
         drop(tx);
 
+        let mut trace = std::env::var_os("CVS_CORE_SLURM_TRACE")
+            .and_then(|d| std::fs::File::create(std::path::Path::new(&d).join(&token)).ok());
         let mut task_of: HashMap<usize, usize> = HashMap::new();
+        let mut asm = Reassembler::default();
         let mut unlabelled: Vec<String> = Vec::new();
         let mut srun_done = false;
         let mut stopped = false;
@@ -697,7 +761,12 @@ impl SlurmCluster {
             tokio::select! {
                 line = rx.recv(), if lines_open => match line {
                     None => lines_open = false,
-                    Some(Line::Out(l)) => self.on_line(&l, &mut members, &mut task_of, &events),
+                    Some(Line::Out(l)) => {
+                        if let Some(t) = trace.as_mut() {
+                            let _ = writeln!(t, "{l}");
+                        }
+                        self.on_line(&l, &mut asm, &mut members, &mut task_of, &events)
+                    }
                     Some(Line::Err(l)) => on_err_line(&l, &mut members, &task_of, &mut unlabelled),
                 },
                 status = child.wait(), if !srun_done => {
@@ -804,7 +873,7 @@ impl SlurmCluster {
         while let Ok(Some(line)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
         {
             match line {
-                Line::Out(l) => self.on_line(&l, &mut members, &mut task_of, &events),
+                Line::Out(l) => self.on_line(&l, &mut asm, &mut members, &mut task_of, &events),
                 Line::Err(l) => on_err_line(&l, &mut members, &task_of, &mut unlabelled),
             }
         }
@@ -963,6 +1032,7 @@ impl SlurmCluster {
             })
         });
         let mut seen: Vec<u8> = Vec::new();
+        let mut asm = Reassembler::default();
         let mut step: Option<String> = None;
         let mut failure = None;
         'stages: for (stage, (marker, limit)) in stages.iter().enumerate() {
@@ -979,19 +1049,27 @@ impl SlurmCluster {
                 tokio::select! {
                     line = reader.next_line() => match line {
                         Ok(Some(l)) => {
-                            let Some((_, payload)) = split_label(&l) else { continue };
-                            match parse_frame(payload) {
-                                Frame::Hello { step: s, .. } => step = Some(s),
-                                Frame::Stdout(b) => seen.extend_from_slice(&b),
-                                Frame::Exit(code) => {
-                                    failure = Some((stage, Status::Error, format!("ended before ready (exit {code})")));
-                                    break 'stages;
+                            let Some((_, items)) = asm.push(&l) else { continue };
+                            for item in items {
+                                match item {
+                                    Item::Frame(Frame::Hello { step: s, .. }) => step = Some(s),
+                                    Item::Frame(Frame::Stdout { offset, bytes }) => {
+                                        if offset != seen.len() as u64 {
+                                            failure = Some((stage, Status::Error, format!("output from slurm node {node} was damaged in transit")));
+                                            break 'stages;
+                                        }
+                                        seen.extend_from_slice(&bytes);
+                                    }
+                                    Item::Frame(Frame::Exit(code)) => {
+                                        failure = Some((stage, Status::Error, format!("ended before ready (exit {code})")));
+                                        break 'stages;
+                                    }
+                                    Item::Frame(Frame::Failed(why)) => {
+                                        failure = Some((stage, Status::Error, why));
+                                        break 'stages;
+                                    }
+                                    _ => {}
                                 }
-                                Frame::Failed(why) => {
-                                    failure = Some((stage, Status::Error, why));
-                                    break 'stages;
-                                }
-                                _ => {}
                             }
                         }
                         _ => {
@@ -1024,10 +1102,10 @@ impl SlurmCluster {
                     self.signal_step(std::slice::from_ref(&m)).await;
                     let wait = async {
                         while let Ok(Some(l)) = reader.next_line().await {
-                            if let Some((_, payload)) = split_label(&l)
-                                && let Frame::KillReport(r) = parse_frame(payload)
-                            {
-                                return parse_killed(&r);
+                            for item in asm.push(&l).map(|(_, i)| i).unwrap_or_default() {
+                                if let Item::Frame(Frame::KillReport(r)) = item {
+                                    return parse_killed(&r);
+                                }
                             }
                         }
                         Killed::NotConfirmed("the task ended without a kill report".into())
@@ -1084,14 +1162,34 @@ impl SlurmCluster {
     fn on_line(
         &self,
         line: &str,
+        asm: &mut Reassembler,
         members: &mut [Member],
         task_of: &mut HashMap<usize, usize>,
         events: &Option<EventSink>,
     ) {
-        let Some((task, payload)) = split_label(line) else {
+        let Some((task, items)) = asm.push(line) else {
             return;
         };
-        let frame = parse_frame(payload);
+        for item in items {
+            match item {
+                Item::Frame(frame) => self.on_frame(task, frame, members, task_of, events),
+                Item::Stray(text) => {
+                    if let Some(&i) = task_of.get(&task) {
+                        members[i].notes.push(text);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_frame(
+        &self,
+        task: usize,
+        frame: Frame,
+        members: &mut [Member],
+        task_of: &mut HashMap<usize, usize>,
+        events: &Option<EventSink>,
+    ) {
         if let Frame::Hello { node, step } = &frame {
             if let Some(i) = members.iter().position(|m| &m.node == node) {
                 task_of.insert(task, i);
@@ -1100,22 +1198,9 @@ impl SlurmCluster {
                 m.last_seen = Instant::now();
                 m.last_output = m.last_seen;
                 m.step = Some(step.clone());
-                emit(
-                    events,
-                    &m.host,
-                    Phase::Connected,
-                    None,
-                    Duration::ZERO,
-                    String::new(),
-                );
-                emit(
-                    events,
-                    &m.host,
-                    Phase::Running,
-                    None,
-                    Duration::ZERO,
-                    String::new(),
-                );
+                for phase in [Phase::Connected, Phase::Running] {
+                    emit(events, &m.host, phase, None, Duration::ZERO, String::new());
+                }
             }
             return;
         }
@@ -1125,8 +1210,11 @@ impl SlurmCluster {
         let m = &mut members[i];
         m.last_seen = Instant::now();
         match frame {
-            Frame::Stdout(bytes) => {
+            Frame::Stdout { offset, bytes } => {
                 m.last_output = m.last_seen;
+                if !m.accept(true, offset, bytes.len()) {
+                    return;
+                }
                 match m.out.as_mut() {
                     Some(f) => {
                         if let Err(e) = f.write_all(&bytes)
@@ -1138,9 +1226,11 @@ impl SlurmCluster {
                     None => m.stdout.extend_from_slice(&bytes),
                 }
             }
-            Frame::Stderr(bytes) => {
+            Frame::Stderr { offset, bytes } => {
                 m.last_output = m.last_seen;
-                m.stderr.extend_from_slice(&bytes);
+                if m.accept(false, offset, bytes.len()) {
+                    m.stderr.extend_from_slice(&bytes);
+                }
             }
             Frame::Exit(code) => m.exit = Some(code),
             Frame::Failed(why) => {
@@ -1158,7 +1248,7 @@ impl SlurmCluster {
                 m.kill_due = None;
                 m.killed = Some(parse_killed(&report));
             }
-            Frame::Other(text) => m.notes.push(text),
+            Frame::Damaged(text) => m.damaged(format!("a damaged frame {text:?}")),
             Frame::Heartbeat | Frame::Hello { .. } => {}
         }
     }

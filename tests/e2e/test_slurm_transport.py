@@ -9,6 +9,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -308,3 +311,68 @@ def test_partitioned_node_is_unreachable_in_time(slurm_cluster) -> None:
     finally:
         dc.heal(2)
         all_ready(dc)
+
+
+def test_ctrl_c_in_python_kills_every_remote_process(slurm_cluster, tmp_path: Path) -> None:
+    """SIGINT to a Python process blocked in exec: KeyboardInterrupt once the tasks' kills are
+    done, and nothing of the command is left on any node."""
+    dc = slurm_cluster
+    mark = f"{time.time_ns() % 10**6}.{os.getpid()}7"
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, cvs_core\n"
+        f"c = cvs_core.Cluster({list(dc.hosts)!r}, transport='slurm', connect_timeout=5)\n"
+        "def progress(host, phase):\n"
+        "    if phase == 'running':\n"
+        "        print('running', flush=True)\n"
+        "try:\n"
+        f"    c.exec('sleep {mark}', progress=progress)\n"
+        "except KeyboardInterrupt as e:\n"
+        "    print('interrupted', flush=True)\n"
+        "    sys.exit(130)\n"
+    )
+    env = {**os.environ, **dc.slurm_env()}
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert p.stdout.readline().strip() == "running"
+        wait_until(
+            lambda: all(f"sleep {mark}" in procs(dc, i, mark) for i in range(dc.n)),
+            "the command on every node",
+            20,
+        )
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=30)
+    finally:
+        p.kill()
+    assert p.returncode == 130, out
+    assert "interrupted" in out
+    for i in range(dc.n):
+        assert f"sleep {mark}" not in procs(dc, i, mark)
+    # the allocation cvs-core made for that process is gone with it
+    wait_until(
+        lambda: "cvs-core-" not in dc.slurm("squeue", "-h", "-o", "%j").stdout,
+        "the allocation released",
+        30,
+    )
+
+
+def test_close_cancels_running_calls(slurm_cluster) -> None:
+    dc = slurm_cluster
+    mark = f"{time.time_ns() % 10**6}.{os.getpid()}9"
+    c = cluster(dc)
+    result: list = []
+    t = threading.Thread(target=lambda: result.append(c.exec(f"sleep {mark}")))
+    t.start()
+    wait_until(
+        lambda: all(f"sleep {mark}" in procs(dc, i, mark) for i in range(dc.n)),
+        "the command on every node",
+        20,
+    )
+    c.close()
+    t.join(30)
+    assert [h.status for h in result[0]] == ["cancelled"] * dc.n, [h.error for h in result[0]]
+    assert all("remote processes killed" in h.error for h in result[0])
+    for i in range(dc.n):
+        assert f"sleep {mark}" not in procs(dc, i, mark)
+    after = c.exec("true")
+    assert [h.status for h in after] == ["error"] * dc.n
