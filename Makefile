@@ -8,7 +8,7 @@ PYTHON ?= python3
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 
-.PHONY: help prereqs dev test test-rust test-python lint fmt demo bench bench-compat bench-lifecycle wheel clean
+.PHONY: help prereqs dev test test-rust test-python lint fmt demo bench bench-compat bench-lifecycle bench-transport wheel clean
 
 help: ## Show the targets and what they do
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -60,6 +60,10 @@ bench-compat: dev ## Cost of CVS's seams: compat Pssh/MultiProcessPssh vs cvs_co
 bench-lifecycle: dev ## Container lifecycle benchmark (native driver vs CVS's algorithm), prints a table, writes JSON
 	$(VENV)/bin/maturin develop --release -q  # timings of a debug build mean nothing
 	$(PY) benchmarks/lifecycle.py $(BENCH_ARGS)
+
+bench-transport: prereqs dev ## SSH vs Slurm transport on 3 and 8 simulated nodes, cold and warm, wall and client CPU
+	$(VENV)/bin/maturin develop --release -q  # timings of a debug build mean nothing
+	$(PY) benchmarks/transport.py $(BENCH_ARGS)
 
 wheel: $(PY) ## Build the release abi3 wheel for manylinux2014 x86_64 (glibc 2.17) and the sdist into dist/
 	$(PY) -m pip install -q 'ziglang>=0.13' 'auditwheel>=6'
