@@ -270,8 +270,8 @@ impl Drop for Holder {
     }
 }
 
-/// A host of a step: (host, Slurm node, where its stdout goes).
-type Target = (String, String, OutputTo);
+/// A host of a step: (host, Slurm node, the file its stdout goes to if not memory).
+type Target = (String, String, Option<std::fs::File>);
 
 enum Line {
     Out(String),
@@ -558,7 +558,19 @@ impl SlurmCluster {
                         continue;
                     }
                 };
-                let out = spec.stdout_to.clone();
+                let out = match &spec.stdout_to {
+                    OutputTo::Memory => None,
+                    OutputTo::File(path) => match std::fs::File::create(path) {
+                        Ok(f) => Some(f),
+                        Err(e) => {
+                            let why = format!("cannot create {}: {e}", path.display());
+                            let r = HostResult::failed(&host, Status::Error, why, Duration::ZERO);
+                            emit_done(&events, &r);
+                            results.insert(host, r);
+                            continue;
+                        }
+                    },
+                };
                 match groups.iter_mut().find(|(s, _)| same_step(s, &spec)) {
                     Some((_, members)) => members.push((host, node, out)),
                     None => groups.push((spec, vec![(host, node, out)])),
@@ -626,23 +638,7 @@ impl SlurmCluster {
         let started = Instant::now();
         let token = new_token();
         let mut members: Vec<Member> = Vec::with_capacity(hosts.len());
-        for (host, node, out) in hosts {
-            let file = match out {
-                OutputTo::Memory => None,
-                OutputTo::File(path) => match std::fs::File::create(&path) {
-                    Ok(f) => Some(f),
-                    Err(e) => {
-                        let r = HostResult::failed(
-                            &host,
-                            Status::Error,
-                            format!("cannot create {}: {e}", path.display()),
-                            Duration::ZERO,
-                        );
-                        emit_done(&events, &r);
-                        return vec![r];
-                    }
-                },
-            };
+        for (host, node, file) in hosts {
             let mut m = Member::new(host, node, file);
             m.inactivity = spec.inactivity_timeout;
             members.push(m);
