@@ -16,7 +16,7 @@ use super::frame::{Frame, Item, Reassembler, is_exit_notice, split_label};
 use super::nodes::{Node, map_hosts, parse_show_node};
 use crate::error::{Error, Result};
 use crate::render::slurm::{Placement, StepSpec, kill_command, salloc_argv, srun_argv};
-use crate::ssh::cluster::{EventSink, HoldFailure, Phase, emit};
+use crate::ssh::cluster::{EventSink, HoldFailure, Phase, emit, printed_line, text_before};
 use crate::ssh::job::{Input, JobSpec, KILL_GRACE, Killed, OutputTo, new_token};
 use crate::ssh::result::{HostResult, Status};
 
@@ -903,60 +903,48 @@ impl SlurmCluster {
                     Some(k) => (status, format!("{why}; {}", k.describe())),
                     None => (status, why),
                 });
-                let r = match (failed, m.exit) {
-                    (Some((status, why)), _) => HostResult {
-                        host: m.host.clone(),
-                        status,
-                        exit_code: -1,
-                        signal: None,
-                        stdout: std::mem::take(&mut m.stdout),
-                        stderr: std::mem::take(&mut m.stderr),
-                        duration: elapsed,
-                        error: Some(with_notes(why, &notes)),
-                    },
-                    (None, Some(code)) => HostResult {
-                        host: m.host.clone(),
-                        status: if code == 0 {
+                let (status, exit_code, error) = match (failed, m.exit) {
+                    (Some((status, why)), _) => (status, -1, Some(with_notes(why, &notes))),
+                    (None, Some(code)) => (
+                        if code == 0 {
                             Status::Ok
                         } else {
                             Status::ExitNonzero
                         },
-                        exit_code: code,
-                        signal: None,
-                        stdout: std::mem::take(&mut m.stdout),
-                        stderr: std::mem::take(&mut m.stderr),
-                        duration: elapsed,
-                        error: m
-                            .io_error
+                        code,
+                        m.io_error
                             .take()
                             .or_else(|| stdin_error.clone().map(|e| format!("stdin: {e}"))),
-                    },
-                    (None, None) => {
-                        let (status, why) = if m.started {
-                            (
-                                Status::Error,
-                                format!(
-                                    "the task on slurm node {} ended without an exit status",
-                                    m.node
-                                ),
-                            )
-                        } else {
-                            (
-                                Status::Unreachable,
-                                format!("the task did not start on slurm node {}", m.node),
-                            )
-                        };
-                        HostResult {
-                            host: m.host.clone(),
-                            status,
-                            exit_code: -1,
-                            signal: None,
-                            stdout: std::mem::take(&mut m.stdout),
-                            stderr: std::mem::take(&mut m.stderr),
-                            duration: elapsed,
-                            error: Some(with_notes(why, &notes)),
-                        }
-                    }
+                    ),
+                    (None, None) if m.started => (
+                        Status::Error,
+                        -1,
+                        Some(with_notes(
+                            format!(
+                                "the task on slurm node {} ended without an exit status",
+                                m.node
+                            ),
+                            &notes,
+                        )),
+                    ),
+                    (None, None) => (
+                        Status::Unreachable,
+                        -1,
+                        Some(with_notes(
+                            format!("the task did not start on slurm node {}", m.node),
+                            &notes,
+                        )),
+                    ),
+                };
+                let r = HostResult {
+                    host: m.host.clone(),
+                    status,
+                    exit_code,
+                    signal: None,
+                    stdout: std::mem::take(&mut m.stdout),
+                    stderr: std::mem::take(&mut m.stderr),
+                    duration: elapsed,
+                    error,
                 };
                 let mut r = r;
                 if r.status == Status::Ok && r.error.is_some() {
@@ -1034,8 +1022,7 @@ impl SlurmCluster {
         'stages: for (stage, (marker, limit)) in stages.iter().enumerate() {
             let deadline = tokio::time::Instant::now() + *limit;
             loop {
-                let lines: Vec<&[u8]> = seen.split(|b| *b == b'\n').collect();
-                if lines[..lines.len() - 1].contains(&marker.as_bytes()) {
+                if printed_line(&seen, marker) {
                     break;
                 }
                 let Some(reader) = out.as_mut() else {
@@ -1139,13 +1126,7 @@ impl SlurmCluster {
         if let Some(mut reader) = out {
             tokio::spawn(async move { while let Ok(Some(_)) = reader.next_line().await {} });
         }
-        let last = stages.last().map_or("", |(m, _)| *m);
-        let lines: Vec<&[u8]> = seen.split(|b| *b == b'\n').collect();
-        let end = lines
-            .iter()
-            .position(|l| *l == last.as_bytes())
-            .unwrap_or(0);
-        let text = String::from_utf8_lossy(&lines[..end].join(&b'\n')).into_owned();
+        let text = text_before(&seen, stages.last().map_or("", |(m, _)| *m));
         Ok((
             Holder {
                 stdin,

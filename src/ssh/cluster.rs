@@ -538,8 +538,7 @@ impl Cluster {
         'stages: for (stage, (marker, limit)) in stages.iter().enumerate() {
             let deadline = tokio::time::Instant::now() + *limit;
             loop {
-                let lines: Vec<&[u8]> = seen.split(|b| *b == b'\n').collect();
-                if lines[..lines.len() - 1].contains(&marker.as_bytes()) {
+                if printed_line(&seen, marker) {
                     break;
                 }
                 let Some(out) = stdout.as_mut() else {
@@ -587,13 +586,7 @@ impl Cluster {
             let killed = job::kill_remote(m.session.clone(), token, kill_prefix).await;
             return Err(fail(stage, status, format!("{why}; {}", killed.describe())));
         }
-        let last = stages.last().map_or("", |(m, _)| *m);
-        let lines: Vec<&[u8]> = seen.split(|b| *b == b'\n').collect();
-        let end = lines
-            .iter()
-            .position(|l| *l == last.as_bytes())
-            .unwrap_or(0);
-        let text = String::from_utf8_lossy(&lines[..end].join(&b'\n')).into_owned();
+        let text = text_before(&seen, stages.last().map_or("", |(m, _)| *m));
         Ok((
             Holder {
                 _stdin: stdin,
@@ -632,6 +625,22 @@ impl Cluster {
         while closing.join_next().await.is_some() {}
         let _ = std::fs::remove_dir_all(&self.control_dir);
     }
+}
+
+/// Whether `seen` (a held command's output so far) has the complete line `marker`.
+pub(crate) fn printed_line(seen: &[u8], marker: &str) -> bool {
+    let lines: Vec<&[u8]> = seen.split(|b| *b == b'\n').collect();
+    lines[..lines.len() - 1].contains(&marker.as_bytes())
+}
+
+/// What a held command printed before the line `last` (its final stage marker).
+pub(crate) fn text_before(seen: &[u8], last: &str) -> String {
+    let lines: Vec<&[u8]> = seen.split(|b| *b == b'\n').collect();
+    let end = lines
+        .iter()
+        .position(|l| *l == last.as_bytes())
+        .unwrap_or(0);
+    String::from_utf8_lossy(&lines[..end].join(&b'\n')).into_owned()
 }
 
 /// Resolves when `cancel` turns true; never when its sender is gone (nobody can cancel then).
