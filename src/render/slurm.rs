@@ -68,7 +68,10 @@ mkdir -m 700 "$d" 2>/dev/null || { echo "@f cannot create the task directory in 
 trap 'rm -rf "$d"' EXIT
 trap 'exit 143' TERM HUP INT
 stop() { echo "@K $(bash -c "$kc" </dev/null 2>/dev/null | tail -n 1)~"; }
-trap stop URG
+# The trap only sets a flag: the kill runs from the loop. Run inside the trap, it would be cut
+# short when the interrupted `read -t` below times out (bash leaves read with a longjmp).
+kill_asked=
+trap 'kill_asked=1' URG
 echo "@h ${SLURMD_NODENAME:-$(hostname -s)} $SLURM_JOB_ID.$SLURM_STEP_ID~"
 exec 3<&0
 CVS_CORE_JOB=$t bash -c "$c" <&3 >"$d/o" 2>"$d/e" 3<&- &
@@ -88,6 +91,7 @@ drain() {
 }
 ms=5 quiet=0 idle=0
 while :; do
+  [ -z "$kill_asked" ] || { kill_asked=; stop; }
   kill -0 "$p" 2>/dev/null; up=$?
   w=0
   drain "$d/o" o po && w=1
@@ -103,6 +107,7 @@ while :; do
   read -r -t "$z" -u 9 _ || :
 done
 wait "$p"; rc=$?
+[ -z "$kill_asked" ] || stop
 drain "$d/o" o po; drain "$d/e" e pe
 echo "@x $rc~"
 "#;
