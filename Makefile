@@ -17,7 +17,7 @@ help: ## Show the targets and what they do
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q 'maturin>=1.9,<2' 'pytest>=8' 'ruff>=0.6' \
+	$(PY) -m pip install -q 'maturin>=1.9,<2' 'pytest>=8' 'pytest-asyncio>=0.23' 'ruff>=0.6' \
 	  'parallel-ssh==2.16.*'  # only for pssh.exceptions: the compat layer raises CVS's types
 
 dev: $(PY) ## Create .venv and build cvs_core into it (editable: Python edits apply at once)
