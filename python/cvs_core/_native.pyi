@@ -565,6 +565,33 @@ class ContainerLifecycle:
         progress: _Progress | None = None,
     ) -> Results: ...
 
+    # asyncio twins (see Cluster): same results. A cancelled step stops its remote work and
+    # removes what this run created, as an interrupted blocking step does, in the background;
+    # its report is logged as a warning.
+    def plan_async(
+        self, *, progress: _Progress | None = None
+    ) -> Coroutine[Any, Any, LifecycleReport]: ...
+    def setup_async(
+        self, *, progress: _Progress | None = None
+    ) -> Coroutine[Any, Any, LifecycleReport]: ...
+    def setup_sshd_async(
+        self, *, progress: _Progress | None = None
+    ) -> Coroutine[Any, Any, LifecycleReport]: ...
+    def teardown_async(
+        self, *, orphans: bool = False, progress: _Progress | None = None
+    ) -> Coroutine[Any, Any, LifecycleReport]: ...
+    def status_async(
+        self, *, progress: _Progress | None = None
+    ) -> Coroutine[Any, Any, LifecycleReport]: ...
+    def exec_async(
+        self,
+        cmd: str,
+        hosts: Sequence[str] | None = None,
+        timeout: float | None = None,
+        *,
+        progress: _Progress | None = None,
+    ) -> Coroutine[Any, Any, Results]: ...
+
 def effective_transport(configured: str | None = None) -> Literal["ssh", "slurm"]:
     """``configured`` (``ssh|slurm|auto``) overridden by ``CVS_CORE_TRANSPORT``; ``auto`` is
     Slurm inside an allocation (``SLURM_JOB_ID`` set)."""
