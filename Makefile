@@ -8,7 +8,7 @@ PYTHON ?= python3
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 
-.PHONY: help prereqs dev test test-rust test-python lint fmt demo bench bench-compat bench-lifecycle bench-transport wheel clean
+.PHONY: help prereqs dev test test-rust test-python lint fmt demo bench bench-compat bench-lifecycle bench-transport bench-async wheel clean
 
 help: ## Show the targets and what they do
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -17,7 +17,7 @@ help: ## Show the targets and what they do
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q 'maturin>=1.9,<2' 'pytest>=8' 'ruff>=0.6' \
+	$(PY) -m pip install -q 'maturin>=1.9,<2' 'pytest>=8' 'pytest-asyncio>=0.23' 'ruff>=0.6' \
 	  'parallel-ssh==2.16.*'  # only for pssh.exceptions: the compat layer raises CVS's types
 
 dev: $(PY) ## Create .venv and build cvs_core into it (editable: Python edits apply at once)
@@ -64,6 +64,10 @@ bench-lifecycle: dev ## Container lifecycle benchmark (native driver vs CVS's al
 bench-transport: prereqs dev ## SSH vs Slurm transport on 3 and 8 simulated nodes, cold and warm, wall and client CPU
 	$(VENV)/bin/maturin develop --release -q  # timings of a debug build mean nothing
 	$(PY) benchmarks/transport.py $(BENCH_ARGS)
+
+bench-async: dev ## 20 concurrent exec_async vs 20 threads calling exec on 8 loopback hosts, wall and client CPU
+	$(VENV)/bin/maturin develop --release -q  # timings of a debug build mean nothing
+	$(PY) benchmarks/asyncio_vs_threads.py $(BENCH_ARGS)
 
 wheel: $(PY) ## Build the release abi3 wheel for manylinux2014 x86_64 (glibc 2.17) and the sdist into dist/
 	$(PY) -m pip install -q 'ziglang>=0.13' 'auditwheel>=6'

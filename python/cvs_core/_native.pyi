@@ -1,6 +1,7 @@
 """Type stubs for the Rust extension module ``cvs_core._native`` (hand-written)."""
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from asyncio import Future
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from os import PathLike
 from typing import Any, Literal, TypedDict
 
@@ -246,6 +247,8 @@ def provision_command(
 ) -> str: ...
 def provision_stdin_command(name: str, *, prefix: str = "sudo") -> str: ...
 def _debug_panic() -> None: ...
+def _settle_cancelled() -> None:
+    """Run at exit (atexit): wait, bounded, for cancelled async calls to kill their commands."""
 
 # -- parallel SSH -----------------------------------------------------------------------------
 
@@ -390,9 +393,68 @@ class Cluster:
     def interrupt(self) -> None:
         """Cancel every call running on this cluster, from any thread: each kills its remote
         commands (as Ctrl-C does) and returns with its unfinished hosts ``cancelled``."""
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """End every master. Async calls that were cancelled first get up to 15 s to kill
+        their remote commands."""
     def __enter__(self) -> Cluster: ...
     def __exit__(self, *args: object) -> bool: ...
+
+    # asyncio twins: the same arguments and results, on the same runtime, connections and
+    # ``max_parallel`` as the blocking calls. Each returns a coroutine (for ``await``,
+    # ``create_task``, ``gather``); call it inside the running loop: the work starts at the
+    # call. Cancelling the awaiting task, or an ``asyncio.wait_for`` timeout, kills the call's
+    # remote commands as a timeout does (in the background; other calls are unaffected).
+    # Progress callbacks and logging run on the loop's thread; an invalid argument raises when
+    # awaited.
+    def exec_async(
+        self,
+        cmd: str,
+        hosts: Sequence[str] | None = None,
+        timeout: float | None = None,
+        inactivity_timeout: float | None = None,
+        stdin: bytes | str | None = None,
+        *,
+        progress: _Progress | None = None,
+    ) -> Coroutine[Any, Any, Results]: ...
+    def exec_per_host_async(
+        self,
+        commands: Mapping[str, str],
+        timeout: float | None = None,
+        inactivity_timeout: float | None = None,
+        stdin: bytes | str | None = None,
+        *,
+        progress: _Progress | None = None,
+    ) -> Coroutine[Any, Any, Results]: ...
+    def upload_async(
+        self,
+        local: str | PathLike[str],
+        remote: str,
+        hosts: Sequence[str] | None = None,
+        timeout: float | None = None,
+        *,
+        progress: _Progress | None = None,
+    ) -> Coroutine[Any, Any, Results]: ...
+    def upload_per_host_async(
+        self,
+        files: Mapping[str, tuple[str | PathLike[str], str]],
+        timeout: float | None = None,
+        *,
+        progress: _Progress | None = None,
+    ) -> Coroutine[Any, Any, Results]: ...
+    def download_async(
+        self,
+        remote: str,
+        local_dir: str | PathLike[str],
+        hosts: Sequence[str] | None = None,
+        timeout: float | None = None,
+        *,
+        check: bool = True,
+        progress: _Progress | None = None,
+    ) -> Coroutine[Any, Any, dict[str, str]]:
+        """Like ``download``: ``{host: local_path}``, or ``TransferError`` when awaited."""
+    def __aenter__(self) -> Future[Cluster]: ...
+    def __aexit__(self, *args: object) -> Future[bool]:
+        """Closes as ``close()`` does, without blocking the loop."""
 
 # -- container lifecycle ----------------------------------------------------------------------
 
@@ -502,6 +564,33 @@ class ContainerLifecycle:
         *,
         progress: _Progress | None = None,
     ) -> Results: ...
+
+    # asyncio twins (see Cluster): same results. A cancelled step stops its remote work and
+    # removes what this run created, as an interrupted blocking step does, in the background;
+    # its report is logged as a warning.
+    def plan_async(
+        self, *, progress: _Progress | None = None
+    ) -> Coroutine[Any, Any, LifecycleReport]: ...
+    def setup_async(
+        self, *, progress: _Progress | None = None
+    ) -> Coroutine[Any, Any, LifecycleReport]: ...
+    def setup_sshd_async(
+        self, *, progress: _Progress | None = None
+    ) -> Coroutine[Any, Any, LifecycleReport]: ...
+    def teardown_async(
+        self, *, orphans: bool = False, progress: _Progress | None = None
+    ) -> Coroutine[Any, Any, LifecycleReport]: ...
+    def status_async(
+        self, *, progress: _Progress | None = None
+    ) -> Coroutine[Any, Any, LifecycleReport]: ...
+    def exec_async(
+        self,
+        cmd: str,
+        hosts: Sequence[str] | None = None,
+        timeout: float | None = None,
+        *,
+        progress: _Progress | None = None,
+    ) -> Coroutine[Any, Any, Results]: ...
 
 def effective_transport(configured: str | None = None) -> Literal["ssh", "slurm"]:
     """``configured`` (``ssh|slurm|auto``) overridden by ``CVS_CORE_TRANSPORT``; ``auto`` is

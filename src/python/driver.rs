@@ -1,5 +1,7 @@
-//! `ContainerLifecycle`: the native container driver in Python.
+//! `ContainerLifecycle`: the native container driver in Python, blocking and awaitable
+//! (`*_async`, on the same runtime through `aio::spawn`).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,9 +9,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use tokio::sync::{mpsc, watch};
 
+use super::aio;
 use super::config::PyClusterConfig;
 use super::errors::{IntoPyResult, guard};
-use super::ssh::{PyCluster, PyResults, invalid, to_duration, wait, wait_to_end};
+use super::ssh::{CANCEL_GRACE, PyCluster, PyResults, invalid, to_duration, wait, wait_to_end};
+use crate::ssh::HostResult;
 use crate::ssh::lifecycle::{Ctx, Driver, HostReport, LifecycleOptions, Op, Report};
 
 /// One host's part of a lifecycle operation.
@@ -248,16 +252,73 @@ impl PyContainerLifecycle {
             return Err(err);
         }
         let report = report.ok_or_else(|| invalid(py, "internal error: no report"))?;
-        let logger = py
-            .import("logging")?
-            .call_method1("getLogger", ("cvs_core",))?;
-        let level = if report.ok { "info" } else { "error" };
-        logger.call_method1(level, (format!("{}: {}", report.op, report.message),))?;
-        for w in &report.warnings {
-            logger.call_method1("warning", (w.as_str(),))?;
-        }
-        Ok(PyLifecycleReport { inner: report })
+        log_report(py, report)
     }
+
+    /// The asyncio twin of `call`. Cancelled, the step stops its remote work and removes what
+    /// it created in the background (as an interrupted blocking step does before it raises);
+    /// its report is then logged as a warning, if the loop still runs.
+    fn call_async<'py>(
+        &self,
+        py: Python<'py>,
+        progress: Option<&Bound<'py, PyAny>>,
+        op: Op,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        guard(py, || {
+            let driver = self.driver.clone();
+            aio::spawn(
+                py,
+                progress,
+                &self.cluster.get().calls,
+                CLEANUP_GRACE,
+                |events, cancel| async move { driver.run_op(op, &Ctx { events, cancel }).await },
+                Box::new(|py, report| Ok(Py::new(py, log_report(py, report)?)?.into_any())),
+                Box::new(|report| Some(("warning", format!("{}: {}", report.op, report.message)))),
+            )
+        })
+    }
+
+    fn exec_call(
+        &self,
+        py: Python<'_>,
+        hosts: Option<Vec<String>>,
+        timeout: Option<f64>,
+    ) -> PyResult<(Vec<String>, Option<Duration>)> {
+        let cluster = self.driver.cluster();
+        let hosts = hosts.unwrap_or_else(|| cluster.hosts().to_vec());
+        cluster
+            .check_hosts(hosts.iter().map(String::as_str))
+            .py_err(py)?;
+        Ok((hosts, to_duration(py, "timeout", timeout)?))
+    }
+
+    /// The work of `exec`: render the in-container commands, then run them on the cluster.
+    fn exec_work(
+        &self,
+        hosts: Vec<String>,
+        cmd: String,
+        timeout: Option<Duration>,
+        cx: Ctx,
+    ) -> impl Future<Output = crate::error::Result<Vec<HostResult>>> + Send + 'static {
+        let driver = self.driver.clone();
+        async move {
+            let jobs = driver.exec_jobs(&hosts, &cmd, timeout, &cx).await?;
+            Ok(driver.cluster().run_many(jobs, cx.events, cx.cancel).await)
+        }
+    }
+}
+
+/// Log a finished step (its outcome, then its warnings) and wrap its report.
+fn log_report(py: Python<'_>, report: Report) -> PyResult<PyLifecycleReport> {
+    let logger = py
+        .import("logging")?
+        .call_method1("getLogger", ("cvs_core",))?;
+    let level = if report.ok { "info" } else { "error" };
+    logger.call_method1(level, (format!("{}: {}", report.op, report.message),))?;
+    for w in &report.warnings {
+        logger.call_method1("warning", (w.as_str(),))?;
+    }
+    Ok(PyLifecycleReport { inner: report })
 }
 
 #[pymethods]
@@ -417,27 +478,110 @@ impl PyContainerLifecycle {
         progress: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyResults> {
         guard(py, || {
-            let cluster = self.driver.cluster().clone();
-            let hosts = hosts.unwrap_or_else(|| cluster.hosts().to_vec());
-            cluster
-                .check_hosts(hosts.iter().map(String::as_str))
-                .py_err(py)?;
-            let timeout = to_duration(py, "timeout", timeout)?;
-            let driver = self.driver.clone();
+            let (hosts, timeout) = self.exec_call(py, hosts, timeout)?;
             let (cancel_tx, cancel_rx) = watch::channel(false);
             let (ev_tx, ev_rx) = mpsc::unbounded_channel();
             let started = std::time::Instant::now();
-            let fut = async move {
-                let cx = Ctx {
-                    events: Some(ev_tx),
-                    cancel: cancel_rx,
-                };
-                let jobs = driver.exec_jobs(&hosts, &cmd, timeout, &cx).await?;
-                Ok::<_, crate::error::Error>(cluster.run_many(jobs, cx.events, cx.cancel).await)
+            let cx = Ctx {
+                events: Some(ev_tx),
+                cancel: cancel_rx,
             };
+            let fut = self.exec_work(hosts, cmd, timeout, cx);
             let results = wait(py, fut, cancel_tx, ev_rx, progress)?.py_err(py)?;
             let n = results.len();
             Ok(PyResults::new(results, vec![None; n], started.elapsed()))
+        })
+    }
+
+    /// `await`able `plan`.
+    #[pyo3(signature = (*, progress = None))]
+    fn plan_async<'py>(
+        &self,
+        py: Python<'py>,
+        progress: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.call_async(py, progress, Op::Plan)
+    }
+
+    /// `await`able `setup`. Cancelling the await stops the step's remote work and removes what
+    /// this run created, as an interrupted `setup()` does (in the background).
+    #[pyo3(signature = (*, progress = None))]
+    fn setup_async<'py>(
+        &self,
+        py: Python<'py>,
+        progress: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.call_async(py, progress, Op::Setup)
+    }
+
+    /// `await`able `setup_sshd`.
+    #[pyo3(signature = (*, progress = None))]
+    fn setup_sshd_async<'py>(
+        &self,
+        py: Python<'py>,
+        progress: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.call_async(py, progress, Op::SetupSshd)
+    }
+
+    /// `await`able `teardown`.
+    #[pyo3(signature = (*, orphans = false, progress = None))]
+    fn teardown_async<'py>(
+        &self,
+        py: Python<'py>,
+        orphans: bool,
+        progress: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.call_async(py, progress, Op::Teardown { orphans })
+    }
+
+    /// `await`able `status`.
+    #[pyo3(signature = (*, progress = None))]
+    fn status_async<'py>(
+        &self,
+        py: Python<'py>,
+        progress: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.call_async(py, progress, Op::Status)
+    }
+
+    /// `await`able `exec`: the same `Results`; cancelling the await kills the commands.
+    #[pyo3(signature = (cmd, hosts = None, timeout = None, *, progress = None))]
+    fn exec_async<'py>(
+        &self,
+        py: Python<'py>,
+        cmd: String,
+        hosts: Option<Vec<String>>,
+        timeout: Option<f64>,
+        progress: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (hosts, timeout) = match guard(py, || self.exec_call(py, hosts, timeout)) {
+            Ok(v) => v,
+            Err(e) => return aio::failed(py, e),
+        };
+        guard(py, || {
+            let started = std::time::Instant::now();
+            aio::spawn(
+                py,
+                progress,
+                &self.cluster.get().calls,
+                CANCEL_GRACE,
+                |events, cancel| {
+                    let work = self.exec_work(hosts, cmd, timeout, Ctx { events, cancel });
+                    async move { (work.await, started.elapsed()) }
+                },
+                Box::new(
+                    |py, (results, elapsed): (crate::error::Result<Vec<HostResult>>, Duration)| {
+                        let results = results.py_err(py)?;
+                        let n = results.len();
+                        Ok(
+                            Py::new(py, PyResults::new(results, vec![None; n], elapsed))?
+                                .into_any(),
+                        )
+                    },
+                ),
+                Box::new(|_| None),
+            )
         })
     }
 

@@ -2,6 +2,7 @@
 //! first, errors map through one conversion (`errors::to_pyerr`), and every entry point runs
 //! under `errors::guard` so no panic crosses into Python as a `BaseException`.
 
+mod aio;
 mod config;
 mod convert;
 mod driver;
@@ -64,5 +65,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(transport::effective_transport, m)?)?;
     driver::register(m)?;
     m.add_function(wrap_pyfunction!(_debug_panic, m)?)?;
+    aio::init();
+    m.add_function(wrap_pyfunction!(aio::_settle_cancelled, m)?)?;
+    py.import("atexit")?
+        .call_method1("register", (m.getattr("_settle_cancelled")?,))?;
     Ok(())
 }

@@ -3,6 +3,9 @@
 //! Every network wait releases the GIL. The calling thread wakes every 50 ms to deliver
 //! progress events (callback and `logging`, in the caller's own thread) and to check signals, so
 //! Ctrl-C raises `KeyboardInterrupt` at once and the remote commands are killed behind it.
+//!
+//! Each call has an asyncio twin (`exec_async`, ...): the same preparation and engine work,
+//! awaited through `aio::spawn` instead of blocking the thread.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,6 +18,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 use tokio::sync::{mpsc, watch};
 
+use super::aio::{self, Calls};
 use super::config::PyClusterConfig;
 use super::errors::{IntoPyResult, classes, guard};
 use crate::error::Error;
@@ -27,7 +31,7 @@ use crate::ssh::{
 };
 use crate::transport::{AnyTransport, Kind, TRANSPORT_ENV, resolve_kind};
 
-const LOGGER: &str = "cvs_core";
+pub(crate) const LOGGER: &str = "cvs_core";
 
 pub(crate) fn invalid(py: Python<'_>, msg: impl Into<String>) -> PyErr {
     super::errors::to_pyerr(py, Error::InvalidArgument(msg.into()))
@@ -144,7 +148,7 @@ fn wait_plain<T: Send + 'static>(
     wait(py, fut, tx, erx, None)
 }
 
-fn deliver(
+pub(crate) fn deliver(
     batch: &[Event],
     progress: Option<&Bound<'_, PyAny>>,
     logger: &Bound<'_, PyAny>,
@@ -467,12 +471,17 @@ pub struct PyCluster {
     /// only the main thread, so a caller that runs calls on worker threads (the compat layer's
     /// sharded path) stops them through this.
     interrupts: watch::Sender<u64>,
+    /// This cluster's async calls: `close()` lets those that were cancelled finish killing
+    /// their remote commands first, as the kills need the connections.
+    pub(crate) calls: Arc<Calls>,
 }
 
 struct Call {
     jobs: Vec<(String, JobSpec)>,
     paths: Vec<Option<String>>,
     what: String,
+    /// Set for a download: its remote path, and whether a failure raises.
+    download: Option<(String, bool)>,
 }
 
 impl PyCluster {
@@ -484,35 +493,27 @@ impl PyCluster {
         Ok(hosts)
     }
 
-    fn run(
+    /// The engine call of `jobs`, cancelled when `cancel` turns true or by `interrupt()`.
+    fn work(
         &self,
-        py: Python<'_>,
-        call: Call,
-        progress: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<PyResults> {
-        let logger = py.import("logging")?.call_method1("getLogger", (LOGGER,))?;
-        logger.call_method1(
-            "debug",
-            (format!("{} on {} hosts", call.what, call.jobs.len()),),
-        )?;
-        let started = Instant::now();
-        let (cancel_tx, mut cancel_rx) = watch::channel(false);
-        let (engine_tx, engine_rx) = watch::channel(false);
-        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        jobs: Vec<(String, JobSpec)>,
+        events: Option<mpsc::UnboundedSender<Event>>,
+        mut cancel: watch::Receiver<bool>,
+    ) -> impl Future<Output = Vec<HostResult>> + Send + 'static {
         let cluster = self.inner.clone();
-        let jobs = call.jobs;
+        let (engine_tx, engine_rx) = watch::channel(false);
         let mut interrupts = self.interrupts.subscribe();
         interrupts.mark_unchanged();
-        // The engine's cancel fires on this call's own Ctrl-C or on interrupt() from any thread.
-        let work = async move {
-            let run = cluster.run_many(jobs, Some(ev_tx), engine_rx);
+        // The engine's cancel fires on this call's own cancel or on interrupt() from any thread.
+        async move {
+            let run = cluster.run_many(jobs, events, engine_rx);
             tokio::pin!(run);
             let (mut own, mut other) = (true, true);
             loop {
                 tokio::select! {
                     r = &mut run => return r,
-                    c = cancel_rx.changed(), if own => match c {
-                        Ok(()) if *cancel_rx.borrow() => { let _ = engine_tx.send(true); }
+                    c = cancel.changed(), if own => match c {
+                        Ok(()) if *cancel.borrow() => { let _ = engine_tx.send(true); }
                         Ok(()) => {}
                         Err(_) => own = false,
                     },
@@ -522,14 +523,106 @@ impl PyCluster {
                     },
                 }
             }
-        };
-        let results = wait(py, work, cancel_tx, ev_rx, progress)?;
-        let elapsed = started.elapsed();
+        }
+    }
+
+    /// Let cancelled async calls finish killing (they need the connections), then close.
+    fn closing(&self, py: Python<'_>) -> impl Future<Output = ()> + Send + 'static {
+        self.calls.cancel_abandoned(py);
+        let (cluster, calls) = (self.inner.clone(), self.calls.clone());
+        async move {
+            calls.settled().await;
+            cluster.close().await;
+        }
+    }
+
+    fn log_start(py: Python<'_>, call: &Call) -> PyResult<()> {
+        let logger = py.import("logging")?.call_method1("getLogger", (LOGGER,))?;
         logger.call_method1(
-            "info",
-            (format!("{}: {}", call.what, summary(&results, elapsed)),),
+            "debug",
+            (format!("{} on {} hosts", call.what, call.jobs.len()),),
         )?;
-        Ok(PyResults::new(results, call.paths, elapsed))
+        Ok(())
+    }
+
+    fn run(
+        &self,
+        py: Python<'_>,
+        call: Call,
+        progress: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyResults> {
+        Self::log_start(py, &call)?;
+        let started = Instant::now();
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let work = self.work(call.jobs, Some(ev_tx), cancel_rx);
+        let results = wait(py, work, cancel_tx, ev_rx, progress)?;
+        if call.download.is_some() {
+            remove_failed_downloads(&results, &call.paths);
+        }
+        finish_call(py, &call.what, results, call.paths, started.elapsed())
+    }
+
+    /// The asyncio twin of `run`: the awaitable of the call's `Results` (or, for a download,
+    /// of its `{host: path}` dict). A call that cannot start (a bad argument, a host not in the
+    /// cluster) gives an awaitable that raises.
+    fn run_async<'py>(
+        &self,
+        py: Python<'py>,
+        prepare: impl FnOnce() -> PyResult<Call>,
+        progress: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let call = match guard(py, prepare) {
+            Ok(call) => call,
+            Err(e) => return aio::failed(py, e),
+        };
+        guard(py, || {
+            Self::log_start(py, &call)?;
+            let started = Instant::now();
+            let Call {
+                jobs,
+                paths,
+                what,
+                download,
+            } = call;
+            let kept = paths.clone();
+            let is_download = download.is_some();
+            let cancelled_what = what.clone();
+            aio::spawn(
+                py,
+                progress,
+                &self.calls,
+                CANCEL_GRACE,
+                |events, cancel| {
+                    let work = self.work(jobs, events, cancel);
+                    async move {
+                        let results = work.await;
+                        if is_download {
+                            remove_failed_downloads(&results, &kept);
+                        }
+                        (results, started.elapsed())
+                    }
+                },
+                Box::new(move |py, (results, elapsed)| {
+                    let results = finish_call(py, &what, results, paths, elapsed)?;
+                    match download {
+                        None => Ok(Py::new(py, results)?.into_any()),
+                        Some((remote, check)) => Ok(download_dict(py, results, &remote, check)?
+                            .into_any()
+                            .unbind()),
+                    }
+                }),
+                Box::new(move |(results, elapsed)| {
+                    Some((
+                        "info",
+                        format!(
+                            "{cancelled_what}: cancelled: {}",
+                            summary(results, *elapsed)
+                        ),
+                    ))
+                }),
+            )
+        })
     }
 
     fn spec(
@@ -597,6 +690,7 @@ impl PyCluster {
                 return Ok(PyCluster {
                     inner: Arc::new(AnyTransport::Slurm(Arc::new(inner))),
                     interrupts: watch::channel(0).0,
+                    calls: Calls::new(),
                 });
             }
             let opt_path = |o: Option<&Bound<'_, PyAny>>| -> PyResult<Option<PathBuf>> {
@@ -629,6 +723,7 @@ impl PyCluster {
             Ok(PyCluster {
                 inner: Arc::new(AnyTransport::Ssh(Arc::new(inner))),
                 interrupts: watch::channel(0).0,
+                calls: Calls::new(),
             })
         })
     }
@@ -703,22 +798,30 @@ impl PyCluster {
         progress: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyResults> {
         guard(py, || {
-            let hosts = self.select_hosts(py, hosts)?;
-            let spec = Self::spec(
-                py,
-                cmd.clone(),
-                input_of(py, stdin)?,
-                timeout,
-                inactivity_timeout,
-            )?;
-            let n = hosts.len();
-            let call = Call {
-                jobs: hosts.into_iter().map(|h| (h, spec.clone())).collect(),
-                paths: vec![None; n],
-                what: format!("exec {:?}", truncate(&cmd, 120)),
-            };
+            let call = self.exec_call(py, cmd, hosts, timeout, inactivity_timeout, stdin)?;
             self.run(py, call, progress)
         })
+    }
+
+    /// `await`able `exec`: the same arguments and `Results`. Cancelling the await (or an
+    /// `asyncio.wait_for` timeout) kills the remote commands as a timeout does.
+    #[pyo3(signature = (cmd, hosts = None, timeout = None, inactivity_timeout = None, stdin = None, *, progress = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn exec_async<'py>(
+        &self,
+        py: Python<'py>,
+        cmd: String,
+        hosts: Option<Vec<String>>,
+        timeout: Option<f64>,
+        inactivity_timeout: Option<f64>,
+        stdin: Option<&Bound<'py, PyAny>>,
+        progress: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run_async(
+            py,
+            || self.exec_call(py, cmd, hosts, timeout, inactivity_timeout, stdin),
+            progress,
+        )
     }
 
     /// Run a different command per host: `{host: cmd}` (any subset, in the dict's order).
@@ -733,30 +836,27 @@ impl PyCluster {
         progress: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyResults> {
         guard(py, || {
-            let input = input_of(py, stdin)?;
-            let mut jobs = Vec::with_capacity(commands.len());
-            for (h, c) in commands.iter() {
-                let host: String = h.extract()?;
-                let cmd: String = c.extract()?;
-                jobs.push((
-                    host,
-                    Self::spec(py, cmd, input.clone(), timeout, inactivity_timeout)?,
-                ));
-            }
-            self.inner
-                .check_hosts(jobs.iter().map(|(h, _)| h.as_str()))
-                .py_err(py)?;
-            let n = jobs.len();
-            self.run(
-                py,
-                Call {
-                    jobs,
-                    paths: vec![None; n],
-                    what: "exec_per_host".into(),
-                },
-                progress,
-            )
+            let call = self.per_host_call(py, commands, timeout, inactivity_timeout, stdin)?;
+            self.run(py, call, progress)
         })
+    }
+
+    /// `await`able `exec_per_host`.
+    #[pyo3(signature = (commands, timeout = None, inactivity_timeout = None, stdin = None, *, progress = None))]
+    fn exec_per_host_async<'py>(
+        &self,
+        py: Python<'py>,
+        commands: &Bound<'py, PyDict>,
+        timeout: Option<f64>,
+        inactivity_timeout: Option<f64>,
+        stdin: Option<&Bound<'py, PyAny>>,
+        progress: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run_async(
+            py,
+            || self.per_host_call(py, commands, timeout, inactivity_timeout, stdin),
+            progress,
+        )
     }
 
     /// Copy the local file `local` to `remote` on every host (or `hosts`), streamed: any size.
@@ -771,14 +871,27 @@ impl PyCluster {
         progress: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyResults> {
         guard(py, || {
-            let hosts = self.select_hosts(py, hosts)?;
-            let local = path_string(py, local)?;
-            let map = hosts
-                .into_iter()
-                .map(|h| (h, (local.clone(), remote.clone())))
-                .collect();
-            self.upload_jobs(py, map, timeout, progress)
+            let call = self.upload_call(py, local, remote, hosts, timeout)?;
+            self.run(py, call, progress)
         })
+    }
+
+    /// `await`able `upload`.
+    #[pyo3(signature = (local, remote, hosts = None, timeout = None, *, progress = None))]
+    fn upload_async<'py>(
+        &self,
+        py: Python<'py>,
+        local: &Bound<'py, PyAny>,
+        remote: String,
+        hosts: Option<Vec<String>>,
+        timeout: Option<f64>,
+        progress: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run_async(
+            py,
+            || self.upload_call(py, local, remote, hosts, timeout),
+            progress,
+        )
     }
 
     /// Copy a different file per host: `{host: (local, remote)}`.
@@ -791,25 +904,25 @@ impl PyCluster {
         progress: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyResults> {
         guard(py, || {
-            let mut map = Vec::with_capacity(files.len());
-            for (h, pair) in files.iter() {
-                let host: String = h.extract()?;
-                let pair = pair.cast::<PyTuple>().map_err(|_| {
-                    PyValueError::new_err(format!(
-                        "files[{host:?}] must be a (local, remote) tuple"
-                    ))
-                })?;
-                if pair.len() != 2 {
-                    return Err(PyValueError::new_err(format!(
-                        "files[{host:?}] must be a (local, remote) tuple"
-                    )));
-                }
-                let local = path_string(py, &pair.get_item(0)?)?;
-                let remote: String = pair.get_item(1)?.extract()?;
-                map.push((host, (local, remote)));
-            }
-            self.upload_jobs(py, map, timeout, progress)
+            let call = self.upload_per_host_call(py, files, timeout)?;
+            self.run(py, call, progress)
         })
+    }
+
+    /// `await`able `upload_per_host`.
+    #[pyo3(signature = (files, timeout = None, *, progress = None))]
+    fn upload_per_host_async<'py>(
+        &self,
+        py: Python<'py>,
+        files: &Bound<'py, PyDict>,
+        timeout: Option<f64>,
+        progress: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run_async(
+            py,
+            || self.upload_per_host_call(py, files, timeout),
+            progress,
+        )
     }
 
     /// Copy `remote` from every host (or `hosts`) to `local_dir/<host>/<basename>`, streamed:
@@ -829,62 +942,31 @@ impl PyCluster {
         progress: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         guard(py, || {
-            let hosts = self.select_hosts(py, hosts)?;
-            let local_dir = PathBuf::from(path_string(py, local_dir)?);
-            let base = std::path::Path::new(&remote)
-                .file_name()
-                .map(|b| b.to_string_lossy().into_owned())
-                .ok_or_else(|| invalid(py, format!("remote path {remote:?} names no file")))?;
-            let cmd = read_file_command(&remote).py_err(py)?;
-            let mut jobs = Vec::with_capacity(hosts.len());
-            let mut paths = Vec::with_capacity(hosts.len());
-            for h in hosts {
-                let dir = local_dir.join(&h);
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| invalid(py, format!("cannot create {}: {e}", dir.display())))?;
-                let dest = dir.join(&base);
-                paths.push(Some(dest.display().to_string()));
-                let mut spec = Self::spec(py, cmd.clone(), Input::None, timeout, None)?;
-                spec.stdout_to = OutputTo::File(dest);
-                jobs.push((h, spec));
-            }
-            let results = self.run(
-                py,
-                Call {
-                    jobs,
-                    paths,
-                    what: format!("download {remote}"),
-                },
-                progress,
-            )?;
-            let ok = PyDict::new(py);
-            for (r, p) in results.items.iter().zip(&results.paths) {
-                if r.status == Status::Ok
-                    && let Some(p) = p
-                {
-                    ok.set_item(&r.host, p)?;
-                } else if let Some(p) = p {
-                    // A partial or empty file from a failed host must not pass for a download.
-                    let _ = std::fs::remove_file(p);
-                }
-            }
-            if check && !results.ok() {
-                let c = classes(py)?;
-                let failed = results.failed_hosts();
-                let err = c.transfer_error.bind(py).call1((format!(
-                    "download of {remote:?} failed on {}/{} hosts: {:?}",
-                    failed.len(),
-                    results.items.len(),
-                    failed
-                ),))?;
-                err.setattr("paths", &ok)?;
-                err.setattr("results", Py::new(py, results)?)?;
-                return Err(PyErr::from_value(err));
-            }
-            Ok(ok)
+            let call = self.download_call(py, remote.clone(), local_dir, hosts, timeout, check)?;
+            let results = self.run(py, call, progress)?;
+            download_dict(py, results, &remote, check)
         })
     }
 
+    /// `await`able `download`: the same `{host: local_path}` and `TransferError`.
+    #[pyo3(signature = (remote, local_dir, hosts = None, timeout = None, *, check = true, progress = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn download_async<'py>(
+        &self,
+        py: Python<'py>,
+        remote: String,
+        local_dir: &Bound<'py, PyAny>,
+        hosts: Option<Vec<String>>,
+        timeout: Option<f64>,
+        check: bool,
+        progress: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run_async(
+            py,
+            || self.download_call(py, remote, local_dir, hosts, timeout, check),
+            progress,
+        )
+    }
     /// PIDs of the connected OpenSSH masters (one per connected host).
     fn master_pids(&self, py: Python<'_>) -> PyResult<Vec<u32>> {
         let cluster = self.inner.clone();
@@ -898,10 +980,10 @@ impl PyCluster {
         self.interrupts.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// End every master. The cluster cannot be used afterwards.
+    /// End every master. The cluster cannot be used afterwards. Async calls that were
+    /// cancelled get up to 15 s to kill their remote commands first.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let cluster = self.inner.clone();
-        wait_plain(py, async move { cluster.close().await })
+        wait_plain(py, self.closing(py))
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -912,6 +994,26 @@ impl PyCluster {
     fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) -> PyResult<bool> {
         self.close(py)?;
         Ok(false)
+    }
+
+    /// `async with Cluster(...) as c`: connections are made by the first call, as with `with`.
+    fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        aio::ready(slf.py(), slf.clone().into_any())
+    }
+
+    /// Closes the cluster (as `close()`) without blocking the loop; exceptions propagate.
+    #[pyo3(signature = (*_args))]
+    fn __aexit__<'py>(
+        &self,
+        py: Python<'py>,
+        _args: &Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let closing = self.closing(py);
+        // A task of its own: cancelling the `async with` must not stop the close halfway.
+        aio::detached(py, async move {
+            closing.await;
+            false
+        })
     }
 
     fn __repr__(&self) -> String {
@@ -930,13 +1032,109 @@ impl PyCluster {
 }
 
 impl PyCluster {
+    fn exec_call(
+        &self,
+        py: Python<'_>,
+        cmd: String,
+        hosts: Option<Vec<String>>,
+        timeout: Option<f64>,
+        inactivity_timeout: Option<f64>,
+        stdin: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Call> {
+        let hosts = self.select_hosts(py, hosts)?;
+        let spec = Self::spec(
+            py,
+            cmd.clone(),
+            input_of(py, stdin)?,
+            timeout,
+            inactivity_timeout,
+        )?;
+        let n = hosts.len();
+        Ok(Call {
+            jobs: hosts.into_iter().map(|h| (h, spec.clone())).collect(),
+            paths: vec![None; n],
+            what: format!("exec {:?}", truncate(&cmd, 120)),
+            download: None,
+        })
+    }
+
+    fn per_host_call(
+        &self,
+        py: Python<'_>,
+        commands: &Bound<'_, PyDict>,
+        timeout: Option<f64>,
+        inactivity_timeout: Option<f64>,
+        stdin: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Call> {
+        let input = input_of(py, stdin)?;
+        let mut jobs = Vec::with_capacity(commands.len());
+        for (h, c) in commands.iter() {
+            let host: String = h.extract()?;
+            let cmd: String = c.extract()?;
+            jobs.push((
+                host,
+                Self::spec(py, cmd, input.clone(), timeout, inactivity_timeout)?,
+            ));
+        }
+        self.inner
+            .check_hosts(jobs.iter().map(|(h, _)| h.as_str()))
+            .py_err(py)?;
+        let n = jobs.len();
+        Ok(Call {
+            jobs,
+            paths: vec![None; n],
+            what: "exec_per_host".into(),
+            download: None,
+        })
+    }
+
+    fn upload_call(
+        &self,
+        py: Python<'_>,
+        local: &Bound<'_, PyAny>,
+        remote: String,
+        hosts: Option<Vec<String>>,
+        timeout: Option<f64>,
+    ) -> PyResult<Call> {
+        let hosts = self.select_hosts(py, hosts)?;
+        let local = path_string(py, local)?;
+        let map = hosts
+            .into_iter()
+            .map(|h| (h, (local.clone(), remote.clone())))
+            .collect();
+        self.upload_jobs(py, map, timeout)
+    }
+
+    fn upload_per_host_call(
+        &self,
+        py: Python<'_>,
+        files: &Bound<'_, PyDict>,
+        timeout: Option<f64>,
+    ) -> PyResult<Call> {
+        let mut map = Vec::with_capacity(files.len());
+        for (h, pair) in files.iter() {
+            let host: String = h.extract()?;
+            let pair = pair.cast::<PyTuple>().map_err(|_| {
+                PyValueError::new_err(format!("files[{host:?}] must be a (local, remote) tuple"))
+            })?;
+            if pair.len() != 2 {
+                return Err(PyValueError::new_err(format!(
+                    "files[{host:?}] must be a (local, remote) tuple"
+                )));
+            }
+            let local = path_string(py, &pair.get_item(0)?)?;
+            let remote: String = pair.get_item(1)?.extract()?;
+            map.push((host, (local, remote)));
+        }
+        self.upload_jobs(py, map, timeout)
+    }
+
     fn upload_jobs(
         &self,
         py: Python<'_>,
         map: Vec<(String, (String, String))>,
         timeout: Option<f64>,
-        progress: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<PyResults> {
+    ) -> PyResult<Call> {
         self.inner
             .check_hosts(map.iter().map(|(h, _)| h.as_str()))
             .py_err(py)?;
@@ -953,18 +1151,106 @@ impl PyCluster {
             ));
             paths.push(Some(remote));
         }
-        self.run(
-            py,
-            Call {
-                jobs,
-                paths,
-                what: "upload".into(),
-            },
-            progress,
-        )
+        Ok(Call {
+            jobs,
+            paths,
+            what: "upload".into(),
+            download: None,
+        })
+    }
+
+    fn download_call(
+        &self,
+        py: Python<'_>,
+        remote: String,
+        local_dir: &Bound<'_, PyAny>,
+        hosts: Option<Vec<String>>,
+        timeout: Option<f64>,
+        check: bool,
+    ) -> PyResult<Call> {
+        let hosts = self.select_hosts(py, hosts)?;
+        let local_dir = PathBuf::from(path_string(py, local_dir)?);
+        let base = std::path::Path::new(&remote)
+            .file_name()
+            .map(|b| b.to_string_lossy().into_owned())
+            .ok_or_else(|| invalid(py, format!("remote path {remote:?} names no file")))?;
+        let cmd = read_file_command(&remote).py_err(py)?;
+        let mut jobs = Vec::with_capacity(hosts.len());
+        let mut paths = Vec::with_capacity(hosts.len());
+        for h in hosts {
+            let dir = local_dir.join(&h);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| invalid(py, format!("cannot create {}: {e}", dir.display())))?;
+            let dest = dir.join(&base);
+            paths.push(Some(dest.display().to_string()));
+            let mut spec = Self::spec(py, cmd.clone(), Input::None, timeout, None)?;
+            spec.stdout_to = OutputTo::File(dest);
+            jobs.push((h, spec));
+        }
+        Ok(Call {
+            jobs,
+            paths,
+            what: format!("download {remote}"),
+            download: Some((remote, check)),
+        })
     }
 }
 
+/// Log a call's one-line summary (INFO) and wrap its results.
+fn finish_call(
+    py: Python<'_>,
+    what: &str,
+    results: Vec<HostResult>,
+    paths: Vec<Option<String>>,
+    elapsed: Duration,
+) -> PyResult<PyResults> {
+    let logger = py.import("logging")?.call_method1("getLogger", (LOGGER,))?;
+    logger.call_method1("info", (format!("{what}: {}", summary(&results, elapsed)),))?;
+    Ok(PyResults::new(results, paths, elapsed))
+}
+
+/// A partial or empty file from a failed host must not pass for a download.
+fn remove_failed_downloads(results: &[HostResult], paths: &[Option<String>]) {
+    for (r, p) in results.iter().zip(paths) {
+        if r.status != Status::Ok
+            && let Some(p) = p
+        {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A download's `{host: local_path}` of the hosts that succeeded, or, with `check` and any
+/// failure, `TransferError` carrying that dict and every host's result.
+fn download_dict<'py>(
+    py: Python<'py>,
+    results: PyResults,
+    remote: &str,
+    check: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let ok = PyDict::new(py);
+    for (r, p) in results.items.iter().zip(&results.paths) {
+        if r.status == Status::Ok
+            && let Some(p) = p
+        {
+            ok.set_item(&r.host, p)?;
+        }
+    }
+    if check && !results.ok() {
+        let c = classes(py)?;
+        let failed = results.failed_hosts();
+        let err = c.transfer_error.bind(py).call1((format!(
+            "download of {remote:?} failed on {}/{} hosts: {:?}",
+            failed.len(),
+            results.items.len(),
+            failed
+        ),))?;
+        err.setattr("paths", &ok)?;
+        err.setattr("results", Py::new(py, results)?)?;
+        return Err(PyErr::from_value(err));
+    }
+    Ok(ok)
+}
 /// The `slurm={...}` options: placement keys as in the cluster file's `slurm` block. The job
 /// defaults to the allocation the process runs in (`SLURM_JOB_ID`).
 fn slurm_options(
