@@ -384,6 +384,13 @@ impl SlurmCluster {
             return (job.clone(), Self::usable(hosts, &nodes, true));
         }
         let mut alloc = self.alloc.lock().await;
+        // salloc exits when its allocation ends under it (scancel, a time limit, a slurmctld
+        // that revoked it): make a new one rather than send steps to a job that is gone.
+        if let Some(a) = alloc.as_mut()
+            && !matches!(a.child.try_wait(), Ok(None))
+        {
+            *alloc = None;
+        }
         if alloc.is_none() {
             let mut wanted = Vec::new();
             let mut left_out = HashMap::new();
@@ -537,8 +544,49 @@ impl SlurmCluster {
         cancel: watch::Receiver<bool>,
     ) -> Vec<HostResult> {
         let _running = Running::new(&self.inflight);
+        let retry: Vec<(String, JobSpec)> = if self.opts.placement.job_id.is_none() {
+            jobs.clone()
+        } else {
+            Vec::new()
+        };
+        let (job, mut results) = self.run_once(jobs, events.clone(), cancel.clone()).await;
+        // cvs-core's own allocation ended under it (scancel, a time limit) before salloc said
+        // so: srun refuses every step of it, no task started, so nothing ran. Make a new
+        // allocation and run the call once more.
+        if !retry.is_empty() && results.iter().any(|r| allocation_gone(r, &job)) {
+            let mut alloc = self.alloc.lock().await;
+            if alloc.as_ref().is_some_and(|a| a.job == job) {
+                *alloc = None;
+            }
+            drop(alloc);
+            let again: Vec<(String, JobSpec)> = retry
+                .into_iter()
+                .filter(|(h, _)| {
+                    results
+                        .iter()
+                        .any(|r| &r.host == h && allocation_gone(r, &job))
+                })
+                .collect();
+            let (_, redone) = self.run_once(again, events, cancel).await;
+            for r in redone {
+                if let Some(slot) = results.iter_mut().find(|x| x.host == r.host) {
+                    *slot = r;
+                }
+            }
+        }
+        results
+    }
+
+    /// One attempt of [`Self::run_many`]; also says which job the steps ran in.
+    async fn run_once(
+        self: &Arc<Self>,
+        jobs: Vec<(String, JobSpec)>,
+        events: Option<EventSink>,
+        cancel: watch::Receiver<bool>,
+    ) -> (String, Vec<HostResult>) {
         let order: Vec<String> = jobs.iter().map(|(h, _)| h.clone()).collect();
         let mut results: HashMap<String, HostResult> = HashMap::new();
+        let mut job = String::new();
         if self.closed.load(Ordering::Relaxed) {
             for h in &order {
                 let r =
@@ -546,7 +594,8 @@ impl SlurmCluster {
                 results.insert(h.clone(), r);
             }
         } else {
-            let (job, resolved) = self.place(&order).await;
+            let (placed_job, resolved) = self.place(&order).await;
+            job = placed_job;
             let mut groups: Vec<(JobSpec, Vec<Target>)> = Vec::new();
             for ((host, spec), node) in jobs.into_iter().zip(resolved) {
                 let node = match node {
@@ -604,14 +653,15 @@ impl SlurmCluster {
                 }
             }
         }
-        order
+        let results = order
             .iter()
             .map(|h| {
                 results.remove(h).unwrap_or_else(|| {
                     HostResult::failed(h, Status::Error, "no result", Duration::ZERO)
                 })
             })
-            .collect()
+            .collect();
+        (job, results)
     }
 
     fn spawn_srun(&self, argv: &[String], stdin: bool) -> std::io::Result<Child> {
@@ -1289,6 +1339,23 @@ impl SlurmCluster {
     }
 }
 
+/// srun refused a step because the job `job` no longer exists (no task ran).
+fn allocation_gone(r: &HostResult, job: &str) -> bool {
+    !job.is_empty()
+        && r.status == Status::Unreachable
+        && r.error.as_deref().is_some_and(|e| {
+            e.contains("the task did not start")
+                && [
+                    format!("Slurm job {job} has expired"),
+                    "Invalid job id specified".to_owned(),
+                    format!("Unable to confirm allocation for job {job}"),
+                    format!("Expired or invalid job {job}"),
+                ]
+                .iter()
+                .any(|m| e.contains(m.as_str()))
+        })
+}
+
 fn mentions(line: &str, node: &str) -> bool {
     line.split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
         .any(|w| w == node)
@@ -1365,6 +1432,27 @@ mod tests {
         assert!(!same_step(&a, &c));
         let d = JobSpec::new("cat /z", Input::None).unwrap();
         assert!(!same_step(&a, &d));
+    }
+
+    #[test]
+    fn a_vanished_allocation_is_recognised_only_for_its_job() {
+        let gone = HostResult::failed(
+            "h",
+            Status::Unreachable,
+            "the task did not start on slurm node n1 (srun: error: Slurm job 7 has expired; \
+             srun: Check SLURM_JOB_ID environment variable. Expired or invalid job 7)",
+            Duration::ZERO,
+        );
+        assert!(allocation_gone(&gone, "7"));
+        assert!(!allocation_gone(&gone, "8"));
+        assert!(!allocation_gone(&gone, ""));
+        let dead_node = HostResult::failed(
+            "h",
+            Status::Unreachable,
+            "the task did not start on slurm node n1 within 5s",
+            Duration::ZERO,
+        );
+        assert!(!allocation_gone(&dead_node, "7"));
     }
 
     #[test]

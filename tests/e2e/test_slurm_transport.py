@@ -376,3 +376,23 @@ def test_close_cancels_running_calls(slurm_cluster) -> None:
         assert f"sleep {mark}" not in procs(dc, i, mark)
     after = c.exec("true")
     assert [h.status for h in after] == ["error"] * dc.n
+
+
+def test_an_allocation_ended_under_the_cluster_is_replaced(slurm_cluster) -> None:
+    """cvs-core's own allocation cancelled by someone else (or by a time limit): the next call
+    makes a new one instead of sending steps to a job that is gone."""
+    dc = slurm_cluster
+    with cluster(dc) as c:
+        first = c.exec('echo "$SLURM_JOB_ID"')
+        assert first.ok, [h.error for h in first]
+        job = first[0].stdout.strip()
+        dc.scancel(job)
+        wait_until(
+            lambda: job not in dc.slurm("squeue", "-h", "-o", "%i").stdout.split(),
+            "the allocation gone",
+            30,
+        )
+        again = c.exec('echo "$SLURM_JOB_ID"')
+        assert again.ok, [h.error for h in again]
+        assert {h.stdout.strip() for h in again} != {job}
+        assert len({h.stdout.strip() for h in again}) == 1
