@@ -141,6 +141,9 @@ class ClusterConfig:
     def transport(self) -> _Transport | None:
         """The file's ``transport`` as written; None when it has none."""
     @property
+    def persist(self) -> float | None:
+        """The file's ``persist`` in seconds; None when it has none (or turns it off)."""
+    @property
     def slurm(self) -> dict[str, str]:
         """The keys the file's ``slurm`` block sets (``job_id`` and ``time`` as strings)."""
     @property
@@ -168,6 +171,18 @@ def placeholder_user() -> str: ...
 def validate_container_name(name: str) -> None: ...
 def sanitize_container_name(image: str) -> str: ...
 def default_container_name(image: str, user: str | None = None) -> str: ...
+def default_control_dir() -> str:
+    """Where persistent control sockets live when none is named: ``$CVS_CORE_CONTROL_DIR``,
+    else ``$XDG_RUNTIME_DIR/cvs-core``, else ``/tmp/cvs-core-<uid>``."""
+
+def disconnect_all(
+    hosts: Sequence[str] | None = None, control_dir: str | PathLike[str] | None = None
+) -> list[str]:
+    """End the persistent SSH masters (of ``hosts`` only, when given); the hosts whose master
+    was ended, one entry per master."""
+
+def parse_persist_duration(text: str) -> float | None:
+    """A ``persist`` text (``"10m"``, ``"true"``, ``"off"``) in seconds; None for off."""
 
 # -- lifecycle decisions ----------------------------------------------------------------------
 
@@ -332,8 +347,19 @@ class Cluster:
         keepalive: float = 30.0,
         transport: _Transport | None = None,
         slurm: _SlurmOptions | None = None,
+        persist: bool | float | str | None = None,
+        control_dir: str | PathLike[str] | None = None,
+        max_connect: int | None = None,
     ) -> None:
-        """``transport``: an explicit value wins, else ``CVS_CORE_TRANSPORT``, else ssh."""
+        """``transport``: an explicit value wins, else ``CVS_CORE_TRANSPORT``, else ssh.
+
+        ``persist`` (``"10m"``, seconds, ``True`` = 10 minutes, ``False`` = off; default:
+        ``CVS_CORE_PERSIST``, else off): each host's SSH master outlives the process for that
+        idle time, with its control socket in ``control_dir`` (default
+        ``default_control_dir()``; 0700 and owned by the user, or refused), and a later process
+        with the same settings re-attaches to it instead of reconnecting. ``close()`` leaves
+        persistent masters running; ``disconnect_all()`` ends them. ``max_connect`` bounds the
+        hosts connecting at once (default 64)."""
     @classmethod
     def from_config(cls, config: ClusterConfig, **kwargs: Any) -> Cluster:
         """Hosts, user, key and password from ``config``; without ``transport=`` the

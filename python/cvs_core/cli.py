@@ -3,7 +3,8 @@
 Commands: ``validate`` (resolve and check the configuration), ``plan`` (what ``up`` would do on
 each host and why; changes nothing), ``up`` (set up the containers and their sshd), ``down``
 (remove per_run containers; persistent and no_launch are kept), ``status`` (per-host state), and
-``exec CMD`` (run a command in the containers, or on the hosts with ``--on-host``).
+``exec CMD`` (run a command in the containers, or on the hosts with ``--on-host``), and
+``disconnect`` (end the persistent SSH connections ``--persist`` left running).
 
 Exit codes: 0 success; 1 the operation failed or was refused on some host; 2 invalid
 configuration or usage (errors are printed with the path of each offending field); 130
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -358,6 +360,15 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _persist(text: str) -> str:
+    """argparse type: a persistence duration (``10m``, ``2h``, ``true``, ``off``)."""
+    try:
+        cvs_core._native.parse_persist_duration(text)
+    except cvs_core.CvsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _port(text: str) -> int:
     """argparse type: a TCP port, 1-65535."""
     try:
@@ -394,7 +405,44 @@ def _add_ssh(p: argparse.ArgumentParser) -> None:
         help="port of the in-container sshd (default 2224, as CVS); with --network host every "
         "container of a node shares it, so two users' persistent containers need two ports",
     )
+    p.add_argument(
+        "--persist",
+        type=_persist,
+        metavar="DURATION",
+        help="keep each host's SSH connection up for DURATION after this command (10m, 2h, "
+        "true = 10m, off) so the next command re-attaches instead of reconnecting; overrides "
+        "CVS_CORE_PERSIST and the cluster file's persist. `cvs-core disconnect` ends them",
+    )
+    _add_control_dir(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+
+
+def _add_control_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--control-dir",
+        metavar="DIR",
+        help="directory of the persistent connections' control sockets (default: "
+        "CVS_CORE_CONTROL_DIR, else $XDG_RUNTIME_DIR/cvs-core, else /tmp/cvs-core-<uid>); "
+        "it must be 0700 and yours",
+    )
+
+
+def _cmd_disconnect(args: argparse.Namespace) -> int:
+    hosts: list[str] | None = args.hosts
+    if hosts is None and (args.cluster_file or args.cluster_file_opt):
+        try:
+            hosts = _load(args).hosts
+        except cvs_core.ConfigError as exc:
+            return _print_config_error(args, exc)
+    ended = cvs_core.disconnect_all(hosts=hosts, control_dir=args.control_dir)
+    if args.json:
+        print(json.dumps({"ok": True, "ended": ended}, indent=2))
+    else:
+        where = args.control_dir or cvs_core.default_control_dir()
+        print(f"ended {len(ended)} persistent connection{'s' if len(ended) != 1 else ''} ({where})")
+        for host in ended:
+            print(f"  {host}")
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -468,11 +516,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--hosts", nargs="+", metavar="HOST", help="only these hosts")
     e.add_argument("--timeout", type=_seconds, metavar="S", help="kill the command after S seconds")
     e.set_defaults(func=_cmd_exec)
+
+    x = sub.add_parser(
+        "disconnect",
+        help="end the persistent SSH connections (--persist) of a cluster, or all of them",
+        description="End the SSH masters that --persist (or CVS_CORE_PERSIST, or the cluster "
+        "file's persist) left running: those of the cluster file's hosts, of --hosts, or "
+        "every one in the control directory when neither is given.",
+    )
+    _add_common(x, positional_cluster=True)
+    x.add_argument("--hosts", nargs="+", metavar="HOST", help="only these hosts")
+    _add_control_dir(x)
+    x.set_defaults(func=_cmd_disconnect, require_key_file=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Every cluster of this command (also the one inside ContainerLifecycle) reads them.
+    if getattr(args, "persist", None) is not None:
+        os.environ["CVS_CORE_PERSIST"] = args.persist
+    if getattr(args, "control_dir", None):
+        os.environ["CVS_CORE_CONTROL_DIR"] = args.control_dir
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)

@@ -6,6 +6,7 @@ mod container;
 mod files;
 mod json;
 pub mod paths;
+mod persist;
 mod placeholders;
 pub mod pyrepr;
 mod transport;
@@ -24,6 +25,10 @@ pub use files::{
     is_private_key_header,
 };
 pub use json::{MAX_NESTING_DEPTH, ParsedDocument, parse_json_document};
+pub use persist::{
+    CONTROL_DIR_ENV, DEFAULT_PERSIST, MAX_PERSIST, PERSIST_ENV, parse_persist, persist_value,
+    resolve_persist, seconds as persist_seconds,
+};
 pub use placeholders::{
     CHANGEME_MARKER, USER_ID_PLACEHOLDER, placeholder_user, resolve_cluster_placeholders,
     resolve_cluster_placeholders_checked, strip_comment_keys,
@@ -99,6 +104,9 @@ pub struct ClusterConfig {
     pub transport: Option<String>,
     /// The file's `slurm` block.
     pub slurm: SlurmConfig,
+    /// The file's `persist`: how long each host's SSH master outlives the process (`None`:
+    /// masters end with it). `CVS_CORE_PERSIST` and an explicit argument win over it.
+    pub persist: Option<std::time::Duration>,
     /// The engine this configuration runs on: the caller's choice, else `CVS_CORE_TRANSPORT`,
     /// else `transport`, else SSH (`auto` resolved against `SLURM_JOB_ID`).
     pub effective_transport: Kind,
@@ -287,6 +295,13 @@ pub fn load_config(
     }
     errors.extend(transport_errors);
     let slurm = transport::slurm_block(&doc, &mut errors, &mut warnings);
+    let persist = match doc.get("persist") {
+        None => None,
+        Some(v) => persist::persist_value(v).unwrap_or_else(|e| {
+            errors.push(Issue::at("persist", e));
+            None
+        }),
+    };
 
     let orchestrator = match doc.get("orchestrator") {
         None => "baremetal".to_owned(),
@@ -409,6 +424,7 @@ pub fn load_config(
         container,
         transport,
         slurm,
+        persist,
         effective_transport,
         warnings,
         resolved: doc,

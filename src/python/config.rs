@@ -211,6 +211,9 @@ impl PyClusterConfig {
     pub fn slurm_pairs(&self) -> Vec<(&'static str, &str)> {
         self.inner.slurm.pairs()
     }
+    pub fn persist_duration(&self) -> Option<std::time::Duration> {
+        self.inner.persist
+    }
 }
 
 #[pymethods]
@@ -258,6 +261,12 @@ impl PyClusterConfig {
     #[getter]
     fn transport(&self) -> Option<&str> {
         self.inner.transport.as_deref()
+    }
+    /// The file's `persist` in seconds (how long each host's SSH master outlives the process),
+    /// `None` when the file leaves masters to end with the process.
+    #[getter]
+    fn persist(&self) -> Option<f64> {
+        self.inner.persist.map(|d| d.as_secs_f64())
     }
     /// The file's `slurm` block: the keys it sets (`job_id` and `time` as strings).
     #[getter]

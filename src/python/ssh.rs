@@ -21,9 +21,13 @@ use tokio::sync::{mpsc, watch};
 use super::aio::{self, Calls};
 use super::config::PyClusterConfig;
 use super::errors::{IntoPyResult, classes, guard};
+use crate::config::{
+    DEFAULT_PERSIST, PERSIST_ENV, parse_persist, persist_seconds, resolve_persist,
+};
 use crate::error::Error;
 use crate::render::remote::{read_file_command, write_file_command};
 use crate::slurm::{SlurmCluster, SlurmOptions};
+use crate::ssh::options::DEFAULT_MAX_CONNECT;
 use crate::ssh::runtime::runtime;
 use crate::ssh::{
     self, ConnectOptions, Event, HostKeyPolicy, HostResult, Input, JobSpec, OutputTo, Phase,
@@ -649,7 +653,7 @@ impl PyCluster {
     #[pyo3(signature = (hosts, user = None, key = None, *, port = None, ssh_config = None,
         known_hosts = None, host_key_policy = "strict", jump_host = None, connect_timeout = 10.0,
         max_parallel = None, password = None, idle_timeout = 600.0, keepalive = 30.0,
-        transport = None, slurm = None))]
+        transport = None, slurm = None, persist = None, control_dir = None, max_connect = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -668,6 +672,9 @@ impl PyCluster {
         keepalive: f64,
         transport: Option<String>,
         slurm: Option<&Bound<'_, PyDict>>,
+        persist: Option<&Bound<'_, PyAny>>,
+        control_dir: Option<&Bound<'_, PyAny>>,
+        max_connect: Option<usize>,
     ) -> PyResult<Self> {
         guard(py, || {
             // An explicit argument wins; otherwise CVS_CORE_TRANSPORT; otherwise ssh.
@@ -684,6 +691,13 @@ impl PyCluster {
             if max_parallel == Some(0) {
                 return Err(invalid(py, "max_parallel must be at least 1"));
             }
+            if max_connect == Some(0) {
+                return Err(invalid(py, "max_connect must be at least 1"));
+            }
+            // An explicit `persist` wins; otherwise CVS_CORE_PERSIST; otherwise off.
+            let explicit = persist_arg(py, persist)?;
+            let persist = resolve_persist(explicit, env(PERSIST_ENV).as_deref(), None)
+                .map_err(|e| invalid(py, e))?;
             if kind == Kind::Slurm {
                 let opts = slurm_options(py, slurm, connect_timeout)?;
                 let inner = SlurmCluster::new(hosts, opts).py_err(py)?;
@@ -717,7 +731,20 @@ impl PyCluster {
                 // Keys are preferred; a password reaches OpenSSH only through its askpass
                 // helper (src/ssh/master.rs), never a command line or the environment.
                 password: password.filter(|p| !p.is_empty()).map(Secret::new),
+                max_connect: max_connect.unwrap_or(DEFAULT_MAX_CONNECT),
                 ..ConnectOptions::default()
+            };
+            let opts = match persist {
+                // The master's ControlPersist is the persistence itself.
+                Some(idle) => ConnectOptions {
+                    idle_timeout: idle,
+                    persist_dir: Some(match opt_path(control_dir)? {
+                        Some(dir) => dir,
+                        None => ssh::persist::default_dir(),
+                    }),
+                    ..opts
+                },
+                None => opts,
             };
             let inner = ssh::Cluster::new(hosts, opts, max_parallel).py_err(py)?;
             Ok(PyCluster {
@@ -756,6 +783,13 @@ impl PyCluster {
         };
         if given("transport")?.is_none() {
             kw.set_item("transport", config.effective_kind().as_str())?;
+        }
+        // The file's `persist` is the weakest: a `persist=` keyword or CVS_CORE_PERSIST wins.
+        if given("persist")?.is_none()
+            && std::env::var_os(PERSIST_ENV).is_none()
+            && let Some(d) = config.persist_duration()
+        {
+            kw.set_item("persist", d.as_secs())?;
         }
         let file_slurm = config.slurm_pairs();
         if !file_slurm.is_empty() {
@@ -1313,7 +1347,78 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
+/// `persist=` as given: `None` = not given (the environment decides); `True`/`False`; a number
+/// of seconds; a string as the cluster file's (`"10m"`).
+fn persist_arg(
+    py: Python<'_>,
+    value: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<Option<Duration>>> {
+    let Some(v) = value.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    let parsed = if let Ok(b) = v.cast::<pyo3::types::PyBool>() {
+        Ok(b.is_true().then_some(DEFAULT_PERSIST))
+    } else if let Ok(text) = v.extract::<String>() {
+        parse_persist(&text)
+    } else if let Ok(secs) = v.extract::<f64>() {
+        if !secs.is_finite() || secs < 0.0 {
+            Err(format!("{secs} is not a number of seconds"))
+        } else {
+            persist_seconds(secs.ceil() as u64)
+        }
+    } else {
+        Err(format!(
+            "expected a duration ('10m'), seconds, True or False, got {}",
+            v.get_type().name()?
+        ))
+    };
+    parsed
+        .map(Some)
+        .map_err(|e| invalid(py, format!("persist: {e}")))
+}
+
+/// End the persistent SSH masters in `control_dir` (default: the per-user directory
+/// `Cluster(persist=...)` uses), of `hosts` only when given. Returns the hosts whose master
+/// was ended, one entry per master.
+#[pyfunction]
+#[pyo3(signature = (hosts = None, control_dir = None))]
+fn disconnect_all(
+    py: Python<'_>,
+    hosts: Option<Vec<String>>,
+    control_dir: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Vec<String>> {
+    guard(py, || {
+        let dir = match control_dir.filter(|d| !d.is_none()) {
+            Some(d) => PathBuf::from(path_string(py, d)?),
+            None => ssh::persist::default_dir(),
+        };
+        let ended = wait_plain(py, async move {
+            ssh::persist::disconnect(&dir, hosts.as_deref()).await
+        })?
+        .py_err(py)?;
+        Ok(ended.into_iter().map(|e| e.host).collect())
+    })
+}
+
+/// Parse a `persist` text as the cluster file and `CVS_CORE_PERSIST` take it: seconds, or
+/// `None` for off. `ValueError` names what is accepted.
+#[pyfunction]
+fn parse_persist_duration(py: Python<'_>, text: &str) -> PyResult<Option<f64>> {
+    parse_persist(text)
+        .map(|d| d.map(|d| d.as_secs_f64()))
+        .map_err(|e| invalid(py, e))
+}
+
+/// The per-user directory persistent control sockets live in when none is named.
+#[pyfunction]
+fn default_control_dir() -> String {
+    ssh::persist::default_dir().display().to_string()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(disconnect_all, m)?)?;
+    m.add_function(wrap_pyfunction!(default_control_dir, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_persist_duration, m)?)?;
     m.add_class::<PyCluster>()?;
     m.add_class::<PyResults>()?;
     m.add_class::<PyHostResult>()?;

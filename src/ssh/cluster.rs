@@ -12,6 +12,7 @@ use tokio::sync::{Mutex, OnceCell, Semaphore, mpsc, watch};
 use super::job::{self, JobSpec, Outcome};
 use super::master::{self, Master};
 use super::options::{ConnectOptions, effective_config_argv, kex_of, preferred_kex, validate_host};
+use super::persist;
 use super::result::{HostResult, Status};
 use crate::error::{Error, Result};
 
@@ -90,12 +91,124 @@ pub fn default_max_parallel() -> usize {
     (soft.saturating_sub(64) / 8).clamp(16, 1024)
 }
 
+/// File descriptors one in-flight command holds in this process: its mux socket and three
+/// pipes, doubled while spawning.
+const FDS_PER_COMMAND: u64 = 8;
+/// Descriptors the process needs besides the commands (runtime, Python, logs).
+const FDS_RESERVED: u64 = 64;
+
+fn rlimit(resource: libc::__rlimit_resource_t) -> Option<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    (unsafe { libc::getrlimit(resource, &mut lim) } == 0).then_some(lim)
+}
+
+/// What stops `parallel` concurrent commands within a soft RLIMIT_NOFILE of `soft` (hard
+/// `hard`): `Ok(None)` fits, `Ok(Some(n))` fits once the soft limit is raised to `n`, `Err` is
+/// the message naming the limit.
+fn fd_plan(parallel: u64, soft: u64, hard: u64) -> std::result::Result<Option<u64>, String> {
+    let need = parallel * FDS_PER_COMMAND + FDS_RESERVED;
+    if need <= soft {
+        Ok(None)
+    } else if need <= hard {
+        Ok(Some(need))
+    } else {
+        Err(format!(
+            "max_parallel={parallel} needs about {need} open files, but RLIMIT_NOFILE allows \
+             {hard} (hard limit; soft {soft}): lower max_parallel to {} or raise the limit \
+             (ulimit -n)",
+            hard.saturating_sub(FDS_RESERVED) / FDS_PER_COMMAND
+        ))
+    }
+}
+
+/// Whether `hosts` new ssh masters (one process each) fit in a soft RLIMIT_NPROC of `soft` for
+/// a user already running `running` processes.
+fn nproc_plan(hosts: u64, soft: u64, running: u64) -> std::result::Result<(), String> {
+    // The masters, plus a few short-lived `ssh -G` probes and launchers.
+    if running + hosts + 16 <= soft {
+        Ok(())
+    } else {
+        Err(format!(
+            "{hosts} hosts need one ssh master process each, but RLIMIT_NPROC allows {soft} \
+             processes for this user and {running} are running: raise it (ulimit -u) or use \
+             fewer hosts per cluster"
+        ))
+    }
+}
+
+/// Check, before any host is touched, that the process may open what `parallel` concurrent
+/// commands need and start one master per host. The soft file limit is raised (this process
+/// only, up to its hard limit) only when the caller asked for more parallelism than it allows:
+/// the default parallelism is derived from the soft limit and never needs it.
+fn check_limits(hosts: usize, parallel: usize, explicit_parallel: bool) -> Result<()> {
+    let parallel = parallel.min(hosts) as u64;
+    if explicit_parallel && let Some(lim) = rlimit(libc::RLIMIT_NOFILE) {
+        match fd_plan(parallel, lim.rlim_cur, lim.rlim_max).map_err(Error::InvalidArgument)? {
+            None => {}
+            Some(raised) => {
+                let new = libc::rlimit {
+                    rlim_cur: raised,
+                    rlim_max: lim.rlim_max,
+                };
+                // SAFETY: setrlimit reads the struct we pass; raising a soft limit up to the
+                // hard limit needs no privilege.
+                if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
+                    return Err(Error::InvalidArgument(format!(
+                        "max_parallel={parallel} needs about {raised} open files and \
+                         RLIMIT_NOFILE is {}: {}",
+                        lim.rlim_cur,
+                        std::io::Error::last_os_error()
+                    )));
+                }
+            }
+        }
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    // The kernel does not apply RLIMIT_NPROC to root.
+    if !root
+        && let Some(lim) = rlimit(libc::RLIMIT_NPROC)
+        && lim.rlim_cur != libc::RLIM_INFINITY
+    {
+        let running = own_process_count();
+        nproc_plan(hosts as u64, lim.rlim_cur, running).map_err(Error::InvalidArgument)?;
+    }
+    Ok(())
+}
+
+/// How many processes this user runs (what RLIMIT_NPROC counts).
+fn own_process_count() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
+                })
+                .filter(|e| e.metadata().is_ok_and(|m| m.uid() == uid))
+                .count() as u64
+        })
+        .unwrap_or(0)
+}
+
 pub struct Cluster {
     hosts: Vec<String>,
     opts: ConnectOptions,
     slots: HashMap<String, Arc<Slot>>,
     limit: Arc<Semaphore>,
+    /// Bounds concurrent `ssh -M` launches (see `ConnectOptions::max_connect`).
+    connect_limit: Arc<Semaphore>,
     control_dir: PathBuf,
+    /// The checked per-user directory of persistent sockets, when `persist` is on.
+    persist_dir: Option<PathBuf>,
     kex: OnceCell<Option<String>>,
     closed: AtomicBool,
 }
@@ -143,25 +256,8 @@ fn sweep_stale_control_dirs(base: &std::path::Path) {
 /// `dir`: processes of this user whose command line names a socket in it. They would otherwise
 /// hold their connections until their idle timeout.
 fn stop_masters_of(dir: &std::path::Path) {
-    use std::os::unix::fs::MetadataExt;
-    let prefix = dir.join("h");
-    let prefix = prefix.as_os_str().as_encoded_bytes();
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        if p.metadata().map(|m| m.uid() != uid).unwrap_or(true) {
-            continue;
-        }
-        let Ok(cmd) = std::fs::read(p.path().join("cmdline")) else {
-            continue;
-        };
-        if cmd.split(|b| *b == 0).any(|arg| arg.starts_with(prefix)) {
+    for (pid, _) in master::masters_under(&dir.join("h")) {
+        if let Ok(pid) = i32::try_from(pid) {
             // SAFETY: kill(2) on a PID whose command line names our own control socket.
             unsafe {
                 libc::kill(pid, libc::SIGTERM);
@@ -217,12 +313,20 @@ impl Cluster {
             }
         }
         let parallel = max_parallel.unwrap_or_else(default_max_parallel).max(1);
+        check_limits(hosts.len(), parallel, max_parallel.is_some())?;
+        let persist_dir = opts
+            .persist_dir
+            .as_deref()
+            .map(persist::prepare_dir)
+            .transpose()?;
         Ok(Cluster {
             hosts,
+            connect_limit: Arc::new(Semaphore::new(opts.max_connect.max(1))),
             opts,
             slots,
             limit: Arc::new(Semaphore::new(parallel)),
             control_dir: make_control_dir()?,
+            persist_dir,
             kex: OnceCell::new(),
             closed: AtomicBool::new(false),
         })
@@ -300,18 +404,14 @@ impl Cluster {
                 Duration::ZERO,
             ));
         }
-        emit(
-            events,
-            host,
-            Phase::Connecting,
-            None,
-            Duration::ZERO,
-            String::new(),
-        );
-        let mut opts = self.opts.clone();
-        opts.kex = self.kex().await;
-        let ctl = self.control_dir.join(format!("h{}", slot.index));
-        match master::launch(&opts, host, &ctl).await {
+        let connected = match &self.persist_dir {
+            Some(dir) => self.persistent_master(host, dir, events).await,
+            None => {
+                let ctl = self.control_dir.join(format!("h{}", slot.index));
+                self.launch(host, &ctl, events).await
+            }
+        };
+        match connected {
             Ok(m) => {
                 let m = Arc::new(m);
                 emit(
@@ -320,7 +420,11 @@ impl Cluster {
                     Phase::Connected,
                     None,
                     m.connect_time,
-                    String::new(),
+                    if m.reattached {
+                        "reattached".to_owned()
+                    } else {
+                        String::new()
+                    },
                 );
                 *guard = Some(m.clone());
                 Ok(m)
@@ -338,6 +442,82 @@ impl Cluster {
                 Err(r)
             }
         }
+    }
+
+    /// Launch a master for `host` on `ctl`, within the cluster's bound on concurrent connects.
+    async fn launch(
+        &self,
+        host: &str,
+        ctl: &std::path::Path,
+        events: &Option<EventSink>,
+    ) -> std::result::Result<Master, master::ConnectFailure> {
+        let _permit = self
+            .connect_limit
+            .acquire()
+            .await
+            .map_err(|_| master::ConnectFailure {
+                status: Status::Error,
+                message: "the cluster is closed".into(),
+            })?;
+        emit(
+            events,
+            host,
+            Phase::Connecting,
+            None,
+            Duration::ZERO,
+            String::new(),
+        );
+        let mut opts = self.opts.clone();
+        opts.kex = self.kex().await;
+        master::launch(&opts, host, ctl).await
+    }
+
+    /// Re-attach to this configuration's persistent master of `host`, or start it. The socket
+    /// is locked across the decision so two processes never start two masters on it.
+    async fn persistent_master(
+        &self,
+        host: &str,
+        dir: &std::path::Path,
+        events: &Option<EventSink>,
+    ) -> std::result::Result<Master, master::ConnectFailure> {
+        let started = Instant::now();
+        let identity = persist::identity_json(&persist::identity(&self.opts, host));
+        let ctl = dir.join(persist::socket_name(&identity));
+        let failure = |message: String| master::ConnectFailure {
+            status: Status::Error,
+            message,
+        };
+        // Another process may be connecting this host right now: wait as long as it may take.
+        let wait = self.opts.connect_timeout * 3 + Duration::from_secs(5);
+        let _lock = persist::SocketLock::acquire(&ctl, wait)
+            .await
+            .map_err(|e| failure(format!("cannot lock {}: {e}", ctl.display())))?;
+        match persist::inspect(&ctl, &identity).await {
+            persist::Found::Live(pid) => return Ok(master::attach(&ctl, pid, started)),
+            persist::Found::Foreign(pid) => {
+                return Err(failure(format!(
+                    "control socket {} is served by process {pid}, which cvs-core did not \
+                     start: it is neither used nor stopped; end it or use another control \
+                     directory",
+                    ctl.display()
+                )));
+            }
+            persist::Found::Nothing => {}
+        }
+        let mut m = self.launch(host, &ctl, events).await?;
+        m.persistent = true;
+        if let Err(e) = persist::write_sidecar(&ctl, &identity) {
+            // Unrecorded, the master could never be re-attached (or told apart): end it.
+            if let Some(pid) = m.pid {
+                master::terminate_pid(pid, &ctl, Duration::from_millis(200)).await;
+            }
+            persist::remove_files(&ctl);
+            return Err(failure(format!(
+                "cannot record {}: {e}",
+                ctl.with_extension("json").display()
+            )));
+        }
+        Ok(m)
     }
 
     /// Forget `dead` if it is still the host's master (another call may have replaced it).
@@ -614,7 +794,10 @@ impl Cluster {
         self.closed.store(true, Ordering::Relaxed);
         let mut masters = Vec::new();
         for slot in self.slots.values() {
-            if let Some(m) = slot.master.lock().await.take() {
+            // A persistent master outlives the cluster: that is what it is for.
+            if let Some(m) = slot.master.lock().await.take()
+                && !m.persistent
+            {
                 masters.push(m);
             }
         }
@@ -673,11 +856,35 @@ impl Drop for Cluster {
         for slot in self.slots.values() {
             if let Ok(mut guard) = slot.master.try_lock()
                 && let Some(m) = guard.take()
+                && !m.persistent
                 && let Some(pid) = m.pid
             {
                 master::terminate_pid_now(pid, &m.ctl);
             }
         }
         let _ = std::fs::remove_dir_all(&self.control_dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_limit_plan() {
+        // 100 commands need 864 descriptors.
+        assert_eq!(fd_plan(100, 1024, 4096), Ok(None));
+        assert_eq!(fd_plan(200, 1024, 4096), Ok(Some(1664)));
+        let err = fd_plan(1000, 1024, 4096).unwrap_err();
+        assert!(err.contains("RLIMIT_NOFILE allows 4096"), "{err}");
+        assert!(err.contains("lower max_parallel to 504"), "{err}");
+    }
+
+    #[test]
+    fn process_limit_plan() {
+        assert!(nproc_plan(1024, 4096, 100).is_ok());
+        let err = nproc_plan(1024, 1024, 100).unwrap_err();
+        assert!(err.contains("RLIMIT_NPROC allows 1024"), "{err}");
+        assert!(err.contains("100 are running"), "{err}");
     }
 }

@@ -17,6 +17,11 @@ pub struct Master {
     pub ctl: PathBuf,
     pub pid: Option<u32>,
     pub connect_time: Duration,
+    /// A persistent master (see `persist`): it outlives the cluster, so closing the cluster
+    /// leaves it running.
+    pub persistent: bool,
+    /// Found running (started by an earlier process or cluster), not launched now.
+    pub reattached: bool,
 }
 
 /// Why a master could not be established, classified from ssh's own log.
@@ -202,7 +207,58 @@ pub async fn launch(
         ctl: ctl.to_path_buf(),
         pid,
         connect_time: started.elapsed(),
+        persistent: false,
+        reattached: false,
     })
+}
+
+/// Use the live master on `ctl` (started by this or an earlier process) without connecting.
+pub fn attach(ctl: &Path, pid: u32, started: Instant) -> Master {
+    let session = Session::resume_mux(
+        ctl.to_path_buf().into_boxed_path(),
+        Some(ctl.with_extension("log").into_boxed_path()),
+    );
+    Master {
+        session: Arc::new(session),
+        ctl: ctl.to_path_buf(),
+        pid: Some(pid),
+        connect_time: started.elapsed(),
+        persistent: true,
+        reattached: true,
+    }
+}
+
+/// The live processes of this user with an argument starting with `prefix` (an ssh master's
+/// `-S <control socket>`), with their last argument (the master's host).
+pub fn masters_under(prefix: &Path) -> Vec<(u32, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let prefix = prefix.as_os_str().as_encoded_bytes();
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if p.metadata().map(|m| m.uid() != uid).unwrap_or(true) || !running(pid) {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
+        if args.iter().any(|arg| arg.starts_with(prefix)) {
+            let host = args
+                .last()
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .unwrap_or_default();
+            found.push((pid, host));
+        }
+    }
+    found
 }
 
 /// The master's PID through the mux protocol's alive check (also proves the socket answers).
@@ -231,7 +287,7 @@ pub async fn close(master: &Master) {
 /// is slow to reap, an exited master lingers as a zombie, which `kill(pid, 0)` still accepts.
 /// Only a live process whose command line names our control socket is ours to signal: a PID
 /// alone could have been reused by another process since the master exited.
-fn ours(pid: u32, ctl: &Path) -> bool {
+pub fn ours(pid: u32, ctl: &Path) -> bool {
     running(pid)
         && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
             let ctl = ctl.as_os_str().as_encoded_bytes();

@@ -11,6 +11,7 @@ pub mod lifecycle;
 pub mod local;
 pub mod master;
 pub mod options;
+pub mod persist;
 pub mod result;
 pub mod runtime;
 

@@ -76,7 +76,20 @@ pub struct ConnectOptions {
     pub ssh_program: PathBuf,
     /// Password authentication (keys are preferred): ssh may ask, through the askpass helper.
     pub password: Option<Secret>,
+    /// Persistent masters: their control sockets live in this per-user directory and outlive
+    /// the process for `idle_timeout` (ControlPersist), so a later process with the same
+    /// settings re-attaches instead of reconnecting. `None`: masters end with the cluster.
+    pub persist_dir: Option<PathBuf>,
+    /// How many hosts may be connecting (`ssh -M`: key exchange, authentication) at once. A
+    /// thousand simultaneous handshakes from one head node starve each other of CPU and trip
+    /// the servers' `MaxStartups`; commands on connected hosts are not limited by it.
+    pub max_connect: usize,
 }
+
+/// Default of [`ConnectOptions::max_connect`]: on 2 cores, 64 concurrent handshakes already
+/// keep the CPU busy; sshd's default `MaxStartups` starts dropping at 10 unauthenticated
+/// connections *per server*, so this never trips it.
+pub const DEFAULT_MAX_CONNECT: usize = 64;
 
 impl Default for ConnectOptions {
     fn default() -> Self {
@@ -94,6 +107,8 @@ impl Default for ConnectOptions {
             kex: None,
             ssh_program: PathBuf::from("ssh"),
             password: None,
+            persist_dir: None,
+            max_connect: DEFAULT_MAX_CONNECT,
         }
     }
 }
