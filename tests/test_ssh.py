@@ -375,6 +375,32 @@ def test_bounded_concurrency(sshd, tmp_path: Path) -> None:
         assert max(int(r.stdout) for r in cl.exec(cmd)) > 2
 
 
+def test_bounded_concurrent_connects_with_progress(sshd) -> None:
+    """max_connect bounds the hosts in their handshake at once (a connect storm on a
+    thousand hosts), and progress shows each host connecting, then connected."""
+
+    def peak(max_connect: int | None) -> int:
+        seen: list[tuple[str, str]] = []
+        kw = {} if max_connect is None else {"max_connect": max_connect}
+        with cvs_core.Cluster(sshd.hosts, ssh_config=sshd.ssh_config, **kw) as cl:
+            assert cl.exec("true", progress=lambda h, p: seen.append((h, p))).ok
+        connecting, top = set(), 0
+        for host, phase in seen:
+            if phase == "connecting":
+                connecting.add(host)
+                top = max(top, len(connecting))
+            elif phase in ("connected", "done"):
+                connecting.discard(host)
+        assert {h for h, p in seen if p == "connected"} == set(sshd.hosts)
+        return top
+
+    assert peak(2) == 2
+    assert peak(1) == 1
+    assert peak(None) > 2  # the default (64) lets all six connect together
+    with pytest.raises(cvs_core.CvsError, match="max_connect"):
+        cvs_core.Cluster(sshd.hosts, max_connect=0)
+
+
 def test_thread_safe_from_many_python_threads(ssh_cluster, sshd) -> None:
     errors: list[str] = []
 

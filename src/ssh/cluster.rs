@@ -404,11 +404,14 @@ impl Cluster {
                 Duration::ZERO,
             ));
         }
+        // The connect permit is released only after the outcome is reported, so progress never
+        // shows more than `max_connect` hosts connecting at once.
+        let mut permit = None;
         let connected = match &self.persist_dir {
-            Some(dir) => self.persistent_master(host, dir, events).await,
+            Some(dir) => self.persistent_master(host, dir, events, &mut permit).await,
             None => {
                 let ctl = self.control_dir.join(format!("h{}", slot.index));
-                self.launch(host, &ctl, events).await
+                self.launch(host, &ctl, events, &mut permit).await
             }
         };
         match connected {
@@ -427,6 +430,7 @@ impl Cluster {
                     },
                 );
                 *guard = Some(m.clone());
+                drop(permit);
                 Ok(m)
             }
             Err(f) => {
@@ -439,6 +443,7 @@ impl Cluster {
                     Duration::ZERO,
                     r.error.clone().unwrap_or_default(),
                 );
+                drop(permit);
                 Err(r)
             }
         }
@@ -450,15 +455,18 @@ impl Cluster {
         host: &str,
         ctl: &std::path::Path,
         events: &Option<EventSink>,
+        permit: &mut Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> std::result::Result<Master, master::ConnectFailure> {
-        let _permit = self
-            .connect_limit
-            .acquire()
-            .await
-            .map_err(|_| master::ConnectFailure {
-                status: Status::Error,
-                message: "the cluster is closed".into(),
-            })?;
+        *permit = Some(
+            self.connect_limit
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| master::ConnectFailure {
+                    status: Status::Error,
+                    message: "the cluster is closed".into(),
+                })?,
+        );
         emit(
             events,
             host,
@@ -479,6 +487,7 @@ impl Cluster {
         host: &str,
         dir: &std::path::Path,
         events: &Option<EventSink>,
+        permit: &mut Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> std::result::Result<Master, master::ConnectFailure> {
         let started = Instant::now();
         let identity = persist::identity_json(&persist::identity(&self.opts, host));
@@ -504,7 +513,7 @@ impl Cluster {
             }
             persist::Found::Nothing => {}
         }
-        let mut m = self.launch(host, &ctl, events).await?;
+        let mut m = self.launch(host, &ctl, events, permit).await?;
         m.persistent = true;
         if let Err(e) = persist::write_sidecar(&ctl, &identity) {
             // Unrecorded, the master could never be re-attached (or told apart): end it.
