@@ -8,7 +8,7 @@ PYTHON ?= python3
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 
-.PHONY: help prereqs dev test test-rust test-python lint fmt demo bench bench-compat bench-lifecycle bench-transport bench-async wheel clean
+.PHONY: help prereqs dev test test-rust test-python lint fmt demo bench bench-compat bench-lifecycle bench-transport bench-async bench-persist wheel clean
 
 help: ## Show the targets and what they do
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -64,6 +64,11 @@ bench-lifecycle: dev ## Container lifecycle benchmark (native driver vs CVS's al
 bench-transport: prereqs dev ## SSH vs Slurm transport on 3 and 8 simulated nodes, cold and warm, wall and client CPU
 	$(VENV)/bin/maturin develop --release -q  # timings of a debug build mean nothing
 	$(PY) benchmarks/transport.py $(BENCH_ARGS)
+
+bench-persist: dev ## Second process of a campaign with persist vs cold vs parallel-ssh cold, 64 loopback hosts
+	$(VENV)/bin/maturin develop --release -q  # timings of a debug build mean nothing
+	$(PY) -m pip install -q 'parallel-ssh==2.16.*'
+	$(PY) benchmarks/persist.py $(BENCH_ARGS)
 
 bench-async: dev ## 20 concurrent exec_async vs 20 threads calling exec on 8 loopback hosts, wall and client CPU
 	$(VENV)/bin/maturin develop --release -q  # timings of a debug build mean nothing
