@@ -134,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(args.worker, json.loads(args.spec.read_text()))))
         return 0
 
-    import cvs_core
     from harness.sshd_cluster import SshdCluster
+
+    import cvs_core
 
     workdir = Path(tempfile.mkdtemp(prefix="cvs-persist-"))
     # Short, 0700 and ours: the control directory of the persistent masters.
@@ -176,10 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             ended = cvs_core.disconnect_all(control_dir=control_dir)
             if len(ended) != args.hosts:
                 raise BenchFailure(f"disconnect ended {len(ended)} of {args.hosts} masters")
-            log(
-                f"rep {rep}: "
-                + "  ".join(f"{k} {runs[k][-1]['wall_ms']:.0f} ms" for k in KINDS)
-            )
+            log(f"rep {rep}: " + "  ".join(f"{k} {runs[k][-1]['wall_ms']:.0f} ms" for k in KINDS))
     finally:
         cvs_core.disconnect_all(control_dir=control_dir)
         cluster.stop()
