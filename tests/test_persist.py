@@ -71,14 +71,22 @@ def child(code: str, env: dict[str, str] | None = None, **kw) -> dict:
 
 def connect_and_exit(sshd, cdir: str, extra: str = "", persist: str = "'5m'") -> dict:
     """A process that runs `hostname` everywhere with `persist` and exits (closing its cluster):
-    its master PIDs by host and what the hosts answered."""
+    its master PIDs by host, what the hosts answered, and the hosts it re-attached to (from its
+    DEBUG log: no handshake was made for them)."""
     return child(
         f"""
-        import json, cvs_core
+        import json, logging, cvs_core
+        lines = []
+        class Keep(logging.Handler):
+            def emit(self, record):
+                lines.append(record.getMessage())
+        logging.getLogger("cvs_core").addHandler(Keep())
+        logging.getLogger("cvs_core").setLevel(logging.DEBUG)
         cl = cvs_core.Cluster({sshd.hosts!r}, ssh_config={str(sshd.ssh_config)!r},
                               persist={persist}, control_dir={cdir!r}{extra})
         res = cl.exec("hostname")
-        out = {{"ok": res.ok, "stdout": [r.stdout for r in res], "pids": sorted(cl.master_pids())}}
+        out = {{"ok": res.ok, "stdout": [r.stdout for r in res], "pids": sorted(cl.master_pids()),
+               "reattached": sorted(l.split(":")[0] for l in lines if l.endswith("(reattached)"))}}
         cl.close()
         print(json.dumps(out))
         """
@@ -95,6 +103,7 @@ def test_a_second_process_reattaches_without_a_new_master(sshd, cdir) -> None:
     b = connect_and_exit(sshd, cdir)
     assert b["ok"] and b["stdout"] == a["stdout"]
     assert b["pids"] == a["pids"], "B launched masters of its own"
+    assert a["reattached"] == [] and b["reattached"] == sorted(sshd.hosts)
     assert sorted(masters_in(cdir)) == a["pids"], "a new ssh -M appeared"
     # Sockets are short hashes, each with its sidecar naming the host (never a secret).
     names = sorted(os.listdir(cdir))

@@ -161,7 +161,14 @@ pub(crate) fn deliver(
     for ev in batch {
         if debug {
             let line = match (ev.phase, ev.status) {
-                (Phase::Connected, _) => format!("{}: connected in {} ms", ev.host, ev.elapsed_ms),
+                (Phase::Connected, _) if ev.detail.is_empty() => {
+                    format!("{}: connected in {} ms", ev.host, ev.elapsed_ms)
+                }
+                // A persistent master an earlier process left: no handshake was made.
+                (Phase::Connected, _) => format!(
+                    "{}: connected in {} ms ({})",
+                    ev.host, ev.elapsed_ms, ev.detail
+                ),
                 (Phase::Done, Some(s)) if ev.detail.is_empty() => {
                     format!("{}: {} in {} ms", ev.host, s.as_str(), ev.elapsed_ms)
                 }
