@@ -48,7 +48,7 @@ fmt: $(PY) ## Format Rust and Python sources
 demo: prereqs dev ## Main job on a simulated 3-node cluster: plan, up, exec, attach, status, down (TRANSPORT=slurm: over srun)
 	$(PY) scripts/demo.py --transport $(or $(TRANSPORT),ssh)
 
-bench: dev ## Fan-out benchmark: cvs_core vs parallel-ssh (prints a table, writes JSON)
+bench: dev ## Fan-out benchmark: cvs_core vs parallel-ssh (prints a table, writes JSON; BENCH_ARGS='--sizes 512,1024' for 1,024 hosts)
 	$(VENV)/bin/maturin develop --release -q  # timings of a debug build mean nothing
 	$(PY) -m pip install -q 'parallel-ssh==2.16.*'
 	$(PY) benchmarks/fanout.py $(BENCH_ARGS)

@@ -14,7 +14,8 @@ this process (RUSAGE_SELF, all threads), reaped child processes (RUSAGE_CHILDREN
 before forking) and cvs_core's daemonized masters, which are not our children and are read
 from /proc. Memory is the PSS of the client process tree after the warm phase, per host.
 
-Usage: ``python benchmarks/fanout.py [--sizes 1,8,32,64,256] [--repeats R] [--quick]``.
+Usage: ``python benchmarks/fanout.py [--sizes 1,8,32,64,256] [--repeats R] [--quick]``;
+``--sizes 512,1024`` for the scale run (see benchmarks/README.md).
 The parent re-invokes this file with ``--worker TOOL --n N --spec FILE`` for one measurement;
 the worker prints one JSON object on its last stdout line.
 """
@@ -41,6 +42,7 @@ from typing import Any, Callable, NamedTuple
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "fanout.json"
 DEFAULT_SIZES = (1, 8, 32, 64, 256)
+DEFAULT_PSSH_MAX_HOSTS: int | None = None
 CMD = "hostname"
 WARM_LOOPS = 20
 MB = 1e6  # decimal megabytes: the target "<= 2 MB per host" is read at its strictest
@@ -56,9 +58,45 @@ PHASES = ("cold", "warm", "warm_x20")
 PHASE_LABEL = {"cold": "cold", "warm": "warm", "warm_x20": f"warm x{WARM_LOOPS}"}
 
 
+# Per-host stdout for the folding measurement: distinct per host (its name first), ~4 KB, so
+# fold() gets N groups of one host each and hashes N x 4 KB (its worst case).
+FOLD_CMD = "echo $CVS_HOST_NAME; head -c 4096 /dev/zero | tr '\\0' x"
+
+
 # --------------------------------------------------------------------------------------------
 # Measurement primitives (worker side)
 # --------------------------------------------------------------------------------------------
+def raise_limits() -> dict[str, list[int]]:
+    """Soft RLIMIT_NOFILE and RLIMIT_NPROC up to the hard limits, for this process (and its
+    children) only; returns {name: [soft before, soft after, hard]} (-1 = unlimited).
+
+    At 1,024 hosts cvs_core holds pipes and mux sockets per in-flight command, its masters and
+    the loopback sshd sessions are thousands of this user's processes, and parallel-ssh holds a
+    socket per host: a usual soft limit (1024 files, 4096 processes) is too low, while the hard
+    limit usually is not. Nothing system-wide changes.
+    """
+    out = {}
+    for name in ("RLIMIT_NOFILE", "RLIMIT_NPROC"):
+        which = getattr(resource, name)
+        soft, hard = resource.getrlimit(which)
+        if soft != hard:
+            resource.setrlimit(which, (hard, hard))
+        out[name] = [soft, resource.getrlimit(which)[0], hard]
+    return out
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def user_tasks() -> int:
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from harness.proc import user_tasks as count
+
+    return count()
+
+
 def _rusage_cpu(who: int) -> float:
     ru = resource.getrusage(who)
     return ru.ru_utime + ru.ru_stime
@@ -160,23 +198,27 @@ class CvsCoreClient:
     def __init__(self, spec: dict[str, Any], hosts: list[str], with_config: bool) -> None:
         import cvs_core
 
+        # Extra Cluster arguments from the command line (--max-parallel, --max-connect,
+        # --connect-timeout); none by default, so the default run measures the defaults.
         self.cl = cvs_core.Cluster(
             hosts,
             user=spec["user"],
             key=spec["key"],
             known_hosts=spec["known_hosts"],
             ssh_config=spec["ssh_config"] if with_config else None,
+            **spec.get("cluster_kwargs", {}),
         )
         self.hosts = hosts
         self.slowest_command_s: float | None = None
+        self.last: Any = None
 
     def run(self) -> list[HostOut]:
         """Run CMD everywhere; one HostOut per host, output consumed."""
         res = self.cl.exec(CMD)
+        self.last = res
         out = [HostOut(h.host, h.exit_code, h.stdout) for h in res]
         if not res.ok:
-            bad = [f"{h.host}: {h.status} {h.error or ''}".strip() for h in res if not h.ok]
-            raise BenchFailure(f"cvs_core: {len(bad)} hosts failed: {bad[:5]}")
+            raise BenchFailure(f"cvs_core: {describe_failures(res)}")
         # The slowest host's command alone (its connect excluded): read only for the cold
         # phase, to tell connecting from running.
         self.slowest_command_s = max(h.duration_s for h in res)
@@ -222,6 +264,24 @@ class PsshClient:
     def close(self) -> None:
         # ParallelSSHClient has no close(); dropping it lets each SSHClient disconnect.
         del self.client
+
+
+def describe_failures(res: Any) -> str:
+    """What failed, grouped: at 1,024 hosts a list of the first five says too little (how many
+    timed out in the banner exchange, how many were refused...)."""
+    from collections import Counter
+
+    bad = [h for h in res if not h.ok]
+    # Numbers (addresses, ports, seconds) vary per host; the kind of failure does not.
+    kinds = Counter(
+        (h.status, " ".join(w for w in (h.error or "").split() if not any(c.isdigit() for c in w)))
+        for h in bad
+    )
+    worst = "; ".join(f"{n} x {st}: {msg[:160]}" for (st, msg), n in kinds.most_common(6))
+    first = [f"{h.host}: {h.status} {h.error or ''}".strip() for h in bad[:3]]
+    return (
+        f"{len(bad)} of {len(res)} hosts failed ({res.summary()}); by kind: {worst}; e.g. {first}"
+    )
 
 
 def check(out: list[HostOut], hosts: list[str], what: str) -> int:
@@ -284,6 +344,7 @@ def snapshot_cvs_core(dest: Path) -> dict[str, str]:
 
 
 def worker(tool: str, n: int, spec_path: Path) -> dict[str, Any]:
+    limits = raise_limits()
     spec = json.loads(spec_path.read_text())
     hosts = spec["hosts"][:n]
     if len(hosts) != n:
@@ -299,7 +360,14 @@ def worker(tool: str, n: int, spec_path: Path) -> dict[str, Any]:
     native = loaded_native() if tool != PSSH else None
     base_mem = proc_mem("self")
 
-    record: dict[str, Any] = {"tool": tool, "n": n, "import_ms": import_ms, "native": native}
+    record: dict[str, Any] = {
+        "tool": tool,
+        "n": n,
+        "import_ms": import_ms,
+        "native": native,
+        "rlimits": limits,
+        "cluster_kwargs": spec.get("cluster_kwargs", {}) if tool != PSSH else {},
+    }
     meter = Meter()
     client: CvsCoreClient | PsshClient | None = None
     try:
@@ -321,6 +389,10 @@ def worker(tool: str, n: int, spec_path: Path) -> dict[str, Any]:
         if tool != PSSH and len(pids) != n:
             raise BenchFailure(f"{tool}: {len(pids)} masters for {n} hosts")
         record["cold"] = cold
+        # Resources held once connected (outside the timed region): our descriptors, and every
+        # task of this user (masters, the sshd sessions, us...), what RLIMIT_NPROC counts.
+        record["fds_after_cold"] = open_fds()
+        record["user_tasks_after_cold"] = user_tasks()
 
         # (b) warm: one more command over the live connections.
         meter.start(pids)
@@ -329,6 +401,8 @@ def worker(tool: str, n: int, spec_path: Path) -> dict[str, Any]:
         record["warm"] = meter.result(pids)
         late += check(out, hosts, f"{tool} warm")
         record["mem"] = _tree_mem(pids, base_mem, n)
+        if isinstance(client, CvsCoreClient):
+            record["fold"] = fold_timings(client)
 
         # (c) 20 sequential warm fan-outs; results are checked after the clock stops.
         outs = []
@@ -348,6 +422,37 @@ def worker(tool: str, n: int, spec_path: Path) -> dict[str, Any]:
         if client is not None:
             client.close()
     return record
+
+
+def fold_timings(client: CvsCoreClient) -> dict[str, float]:
+    """Cost of consuming a Results at this N, outside the timed phases: fold() and summary()
+    on the warm `hostname` results (identical output: one group), and a command printing ~4 KB
+    that differs per host (N groups: fold hashes and copies N x 4 KB)."""
+    res = client.last
+
+    def ms(f: Callable[[], object]) -> float:
+        t = time.perf_counter()
+        f()
+        return (time.perf_counter() - t) * 1e3
+
+    out = {
+        "fold_ms": ms(res.fold),
+        "summary_ms": ms(res.summary),
+        "iterate_ms": ms(lambda: [(h.host, h.stdout, h.exit_code) for h in res]),
+    }
+    t = time.perf_counter()
+    big = client.cl.exec(FOLD_CMD)
+    out["exec_4k_ms"] = (time.perf_counter() - t) * 1e3
+    if not big.ok:
+        raise BenchFailure(f"cvs_core 4 KB output: {describe_failures(big)}")
+    out["fold_4k_ms"] = ms(big.fold)
+    groups = big.fold()
+    if len(groups) != len(client.hosts):
+        raise BenchFailure(f"4 KB output folded into {len(groups)} groups, not {len(client.hosts)}")
+    out["summary_4k_ms"] = ms(big.summary)
+    out["iterate_4k_ms"] = ms(lambda: [(h.host, h.stdout, h.exit_code) for h in big])
+    out["to_json_4k_ms"] = ms(big.to_json)
+    return out
 
 
 def _note_masters(spec_path: Path, pids: list[int]) -> None:
@@ -435,9 +540,15 @@ def versions() -> dict[str, str]:
 def median_record(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-metric median over repeats (each number independently)."""
     out: dict[str, Any] = {"repeats": len(runs)}
-    for section in (*PHASES, "mem"):
+    for section in (*PHASES, "mem", "fold"):
+        if section not in runs[0]:
+            continue  # fold: cvs_core only
         keys = runs[0][section].keys()
         out[section] = {k: statistics.median(r[section][k] for r in runs) for k in keys}
+    out["held"] = {
+        k: statistics.median(r[k] for r in runs)
+        for k in ("fds_after_cold", "user_tasks_after_cold")
+    }
     return out
 
 
@@ -449,10 +560,12 @@ def fmt(x: float | None, width: int, digits: int = 1) -> str:
     return f"{x:>{width}.{digits}f}" if x is not None else f"{'-':>{width}}"
 
 
-def render_table(summary: dict[str, dict[int, dict[str, Any]]], sizes: list[int]) -> str:
+def render_table(
+    summary: dict[str, dict[int, dict[str, Any]]], sizes: list[int], pssh_max: int | None = None
+) -> str:
     def get(tool: str, n: int, section: str, key: str) -> float | None:
         rec = summary.get(tool, {}).get(n)
-        return rec[section][key] if rec else None
+        return rec[section][key] if rec and section in rec else None
 
     lines = [
         "Time and client CPU (median; CPU includes ssh masters and reaped ssh children)",
@@ -491,6 +604,49 @@ def render_table(summary: dict[str, dict[int, dict[str, Any]]], sizes: list[int]
         "(incr) = growth since before the client existed, per host; master = mean PSS of one "
         "ssh master"
     )
+    if pssh_max is not None and any(n > pssh_max for n in sizes):
+        lines.append(f"parallel-ssh not run above {pssh_max} hosts (--pssh-max-hosts): '-'")
+    lines += [
+        "",
+        "Held once connected: open fds of the client process, tasks of this user (masters, "
+        "sshd sessions...)",
+        f"{'N':>4} | {'cvs fds':>8} {'tasks':>7} | {'pssh fds':>8} {'tasks':>7}",
+    ]
+    lines.append("-" * len(lines[-1]))
+    for n in sizes:
+        lines.append(
+            f"{n:>4} | {fmt(get(CVS, n, 'held', 'fds_after_cold'), 8, 0)} "
+            f"{fmt(get(CVS, n, 'held', 'user_tasks_after_cold'), 7, 0)} | "
+            f"{fmt(get(PSSH, n, 'held', 'fds_after_cold'), 8, 0)} "
+            f"{fmt(get(PSSH, n, 'held', 'user_tasks_after_cold'), 7, 0)}"
+        )
+    lines += [
+        "",
+        "cvs_core Results, ms: fold() / summary() / iterate on the warm hostname results (one "
+        "group); exec + fold() / summary() / iterate / to_json() of ~4 KB distinct per host (N "
+        "groups)",
+        f"{'N':>4} | {'fold':>6} {'summ':>6} {'iter':>6} | {'exec 4K':>8} {'fold':>6} "
+        f"{'summ':>6} {'iter':>6} {'json':>6}",
+    ]
+    lines.append("-" * len(lines[-1]))
+    for n in sizes:
+        f = [
+            get(CVS, n, "fold", k)
+            for k in (
+                "fold_ms",
+                "summary_ms",
+                "iterate_ms",
+                "exec_4k_ms",
+                "fold_4k_ms",
+                "summary_4k_ms",
+                "iterate_4k_ms",
+                "to_json_4k_ms",
+            )
+        ]
+        lines.append(
+            f"{n:>4} | {fmt(f[0], 6, 2)} {fmt(f[1], 6, 2)} {fmt(f[2], 6, 2)} | {fmt(f[3], 8)} "
+            f"{fmt(f[4], 6, 2)} {fmt(f[5], 6, 2)} {fmt(f[6], 6, 2)} {fmt(f[7], 6, 2)}"
+        )
     return "\n".join(lines)
 
 
@@ -513,6 +669,13 @@ def evaluate_targets(summary: dict[str, dict[int, dict[str, Any]]]) -> list[dict
             "x",
         ),
         ("PSS per host at 256 hosts, cvs_core", val(CVS, 256, "mem", "pss_mb_per_host"), 2.0, "MB"),
+        # Issue 12: at 1,024 hosts every host answers (else the run aborts) within 2 MB/host.
+        (
+            "PSS per host at 1024 hosts, cvs_core",
+            val(CVS, 1024, "mem", "pss_mb_per_host"),
+            2.0,
+            "MB",
+        ),
     ]
     out = []
     for name, measured, goal, unit in rows:
@@ -538,6 +701,22 @@ def render_targets(targets: list[dict[str, Any]]) -> str:
 def orchestrate(args: argparse.Namespace) -> int:
     sizes = [1, 8] if args.quick else sorted({int(s) for s in args.sizes.split(",")})
     tools = [t for t in TOOLS if not args.no_cfg_variant or t != CVS_CFG]
+    limits = raise_limits()
+    for name, (before, after, hard) in limits.items():
+        if before != after:
+            log(f"{name}: soft limit raised from {before} to {after} (hard {hard}), this run only")
+    cluster_kwargs: dict[str, Any] = {}
+    if args.max_parallel is not None:
+        cluster_kwargs["max_parallel"] = args.max_parallel
+    if args.max_connect is not None:
+        cluster_kwargs["max_connect"] = args.max_connect
+    if args.connect_timeout is not None:
+        cluster_kwargs["connect_timeout"] = args.connect_timeout
+
+    def tools_for(n: int) -> list[str]:
+        if args.pssh_max_hosts is not None and n > args.pssh_max_hosts:
+            return [t for t in tools if t != PSSH]
+        return tools
 
     def repeats_for(n: int) -> int:
         if args.quick:
@@ -561,8 +740,9 @@ def orchestrate(args: argparse.Namespace) -> int:
         if snap["build"] != "release":
             log("WARNING: not a release build: run `maturin develop --release` first")
         t = time.perf_counter()
-        cluster.start(timeout=120.0)
-        log(f"{max(sizes)} sshd hosts up in {time.perf_counter() - t:.1f}s ({cluster.mode} mode)")
+        cluster.start(timeout=max(120.0, 0.25 * max(sizes)))
+        start_s = time.perf_counter() - t
+        log(f"{max(sizes)} sshd hosts up in {start_s:.1f}s ({cluster.mode} mode)")
         spec_path = workdir / "bench_spec.json"
         spec = {
             "hosts": cluster.hosts,
@@ -570,14 +750,18 @@ def orchestrate(args: argparse.Namespace) -> int:
             "key": str(cluster.key),
             "known_hosts": str(cluster.known_hosts),
             "ssh_config": str(cluster.ssh_config),
+            "cluster_kwargs": cluster_kwargs,
         }
         spec_path.write_text(json.dumps(spec))
         for si, n in enumerate(sizes):
+            here = tools_for(n)
+            if len(here) < len(tools):
+                log(f"N={n}: parallel-ssh skipped (--pssh-max-hosts {args.pssh_max_hosts})")
             for rep in range(repeats_for(n)):
                 # Rotate who goes first (per N and per repeat) so none always gets the
                 # quietest machine or inherits the previous tool's sshd teardown.
-                k = (si + rep) % len(tools)
-                for tool in tools[k:] + tools[:k]:
+                k = (si + rep) % len(here)
+                for tool in here[k:] + here[:k]:
                     time.sleep(args.settle)
                     load = loadavg()
                     r = run_worker(tool, n, spec_path, workdir / "pkg")
@@ -587,7 +771,7 @@ def orchestrate(args: argparse.Namespace) -> int:
                     r["loadavg_before"] = load
                     runs.append(r)
                     log(
-                        f"N={n:<3} rep {rep} {tool:<13} cold {r['cold']['wall_ms']:8.1f} ms  "
+                        f"N={n:<4} rep {rep} {tool:<13} cold {r['cold']['wall_ms']:8.1f} ms  "
                         f"warm {r['warm']['wall_ms']:7.1f} ms  x{WARM_LOOPS} "
                         f"{r['warm_x20']['wall_ms']:8.1f} ms  cpu x{WARM_LOOPS} "
                         f"{r['warm_x20']['cpu_ms']:8.1f} ms"
@@ -596,8 +780,14 @@ def orchestrate(args: argparse.Namespace) -> int:
                             if r["late_exit_status"]
                             else ""
                         )
+                        + f"  fds {r['fds_after_cold']}"
                     )
     finally:
+        # What the servers logged about dropped or failed connections (MaxStartups, timeouts
+        # before authentication...): a client that retried would hide them.
+        server_errors = sshd_log_problems(cluster)
+        for line, count in server_errors.items():
+            log(f"sshd logs: {count} x {line}")
         cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -609,7 +799,7 @@ def orchestrate(args: argparse.Namespace) -> int:
                 summary.setdefault(tool, {})[n] = median_record(mine)
     targets = evaluate_targets(summary)
 
-    print(render_table(summary, sizes))
+    print(render_table(summary, sizes, args.pssh_max_hosts))
     print()
     print(render_targets(targets))
     if snap["build"] != "release":
@@ -627,6 +817,11 @@ def orchestrate(args: argparse.Namespace) -> int:
             "sizes": sizes,
             "repeats": {str(n): repeats_for(n) for n in sizes},
             "cvs_core_build": snap,
+            "cluster_kwargs": cluster_kwargs,
+            "pssh_max_hosts": args.pssh_max_hosts,
+            "rlimits": limits,
+            "sshd_start_s": start_s,
+            "sshd_log_problems": server_errors,
             "cpu_busy_at_start": busy_at_start,
             "versions": versions(),
             "cpu_accounting": "RUSAGE_SELF + RUSAGE_CHILDREN deltas + ssh master schedstat deltas",
@@ -641,6 +836,24 @@ def orchestrate(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"\nJSON: {out}")
     return 0
+
+
+def sshd_log_problems(cluster: Any) -> dict[str, int]:
+    """Lines of every host's sshd log that tell of a refused, dropped or failed connection,
+    counted by kind (addresses and numbers removed)."""
+    from collections import Counter
+
+    keys = ("drop", "MaxStartups", "Timeout", "error", "fatal", "refused", "Connection reset")
+    found: Counter[str] = Counter()
+    for h in cluster.host_list:
+        try:
+            text = (h.dir / "sshd.log").read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if any(k in line for k in keys):
+                found[" ".join(w for w in line.split() if not any(c.isdigit() for c in w))] += 1
+    return dict(found.most_common(20))
 
 
 def cpu_busy_fraction(seconds: float) -> float:
@@ -669,6 +882,17 @@ def main(argv: list[str] | None = None) -> int:
         "--no-cfg-variant", action="store_true", help="skip cvs_core with the ssh_config"
     )
     p.add_argument("--settle", type=float, default=0.5, help="pause before each run (s)")
+    p.add_argument(
+        "--pssh-max-hosts",
+        type=int,
+        default=DEFAULT_PSSH_MAX_HOSTS,
+        help="skip parallel-ssh above this many hosts (default %(default)s)",
+    )
+    p.add_argument("--max-parallel", type=int, help="cvs_core Cluster(max_parallel=)")
+    p.add_argument(
+        "--max-connect", type=int, help="cvs_core Cluster(max_connect=), where it exists"
+    )
+    p.add_argument("--connect-timeout", type=float, help="cvs_core Cluster(connect_timeout=)")
     p.add_argument("--worker", choices=TOOLS, help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
