@@ -148,7 +148,10 @@ pub async fn launch(
     let _ = std::fs::remove_file(&log);
     let argv = master_argv(opts, host, ctl, &log);
     let mut cmd = Command::new(&opts.ssh_program);
+    // A launcher given up on (the guard below) must not go on to leave an untracked master on
+    // the socket path a retry uses.
     cmd.args(&argv)
+        .kill_on_drop(true)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
@@ -175,7 +178,8 @@ pub async fn launch(
     // ssh enforces ConnectTimeout itself (TCP connect and banner); the outer bound only guards
     // against an ssh that hangs in a way it does not time (a stuck ProxyCommand, say).
     let guard = opts.connect_timeout * 3 + Duration::from_secs(5);
-    let status = match tokio::time::timeout(guard, cmd.status()).await {
+    let deadline = tokio::time::Instant::now() + guard;
+    let status = match tokio::time::timeout_at(deadline, cmd.status()).await {
         Ok(Ok(status)) => status,
         Ok(Err(e)) => {
             return Err(ConnectFailure {
@@ -184,6 +188,8 @@ pub async fn launch(
             });
         }
         Err(_) => {
+            // The launcher may have forked its master just before it was killed.
+            end_master_on(ctl).await;
             return Err(ConnectFailure {
                 status: Status::Unreachable,
                 message: format!("ssh did not finish connecting within {}s", guard.as_secs()),
@@ -197,7 +203,22 @@ pub async fn launch(
             message: summarize(&log_text),
         });
     }
-    let pid = master_pid(ctl).await;
+    // Under the same deadline: a master that forked but does not answer its socket must not
+    // hang the call.
+    let pid = match tokio::time::timeout_at(deadline, master_pid(ctl)).await {
+        Ok(pid) => pid,
+        Err(_) => {
+            end_master_on(ctl).await;
+            return Err(ConnectFailure {
+                status: Status::Error,
+                message: format!(
+                    "ssh connected but its master did not answer on {} within {}s",
+                    ctl.display(),
+                    guard.as_secs()
+                ),
+            });
+        }
+    };
     let session = Session::resume_mux(
         ctl.to_path_buf().into_boxed_path(),
         Some(log.into_boxed_path()),
@@ -259,6 +280,21 @@ pub fn masters_under(prefix: &Path) -> Vec<(u32, String)> {
         }
     }
     found
+}
+
+/// End whatever master of ours runs on `ctl` (found by its command line naming the socket),
+/// and remove the socket: used when a launch was given up on.
+async fn end_master_on(ctl: &Path) {
+    let ctl_bytes = ctl.as_os_str().as_encoded_bytes().to_vec();
+    for (pid, _) in masters_under(ctl) {
+        // masters_under matches by prefix; only the exact socket is this launch's.
+        let exact = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmd| cmd.split(|b| *b == 0).any(|a| a == ctl_bytes.as_slice()));
+        if exact {
+            terminate_pid(pid, ctl, Duration::from_millis(200)).await;
+        }
+    }
+    let _ = std::fs::remove_file(ctl);
 }
 
 /// The master's PID through the mux protocol's alive check (also proves the socket answers).
