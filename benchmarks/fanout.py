@@ -307,6 +307,18 @@ def check(out: list[HostOut], hosts: list[str], what: str) -> int:
     return late
 
 
+def client_spec(cluster: Any, **extra: Any) -> dict[str, Any]:
+    """What a worker needs to reach the harness's hosts (JSON-serializable)."""
+    return {
+        "hosts": cluster.hosts,
+        "user": cluster.user,
+        "key": str(cluster.key),
+        "known_hosts": str(cluster.known_hosts),
+        "ssh_config": str(cluster.ssh_config),
+        **extra,
+    }
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -744,14 +756,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         start_s = time.perf_counter() - t
         log(f"{max(sizes)} sshd hosts up in {start_s:.1f}s ({cluster.mode} mode)")
         spec_path = workdir / "bench_spec.json"
-        spec = {
-            "hosts": cluster.hosts,
-            "user": cluster.user,
-            "key": str(cluster.key),
-            "known_hosts": str(cluster.known_hosts),
-            "ssh_config": str(cluster.ssh_config),
-            "cluster_kwargs": cluster_kwargs,
-        }
+        spec = client_spec(cluster, cluster_kwargs=cluster_kwargs)
         spec_path.write_text(json.dumps(spec))
         for si, n in enumerate(sizes):
             here = tools_for(n)

@@ -41,6 +41,7 @@ from fanout import (  # noqa: E402  (the benchmark directory is not a package)
     Meter,
     PsshClient,
     check,
+    client_spec,
     snapshot_cvs_core,
 )
 
@@ -149,14 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         if snap["build"] != "release":
             log("WARNING: not a release build: run `maturin develop --release` first")
         cluster.start(timeout=120.0)
-        spec = {
-            "hosts": cluster.hosts,
-            "user": cluster.user,
-            "key": str(cluster.key),
-            "known_hosts": str(cluster.known_hosts),
-            "ssh_config": str(cluster.ssh_config),
-            "control_dir": control_dir,
-        }
+        spec = client_spec(cluster, control_dir=control_dir)
         for rep in range(args.repeats):
             # Cold ones in rotating order; then a first process starts persistent masters and a
             # second one re-attaches to them; then they are ended for the next repeat.
