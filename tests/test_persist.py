@@ -117,6 +117,47 @@ def test_a_second_process_reattaches_without_a_new_master(sshd, cdir) -> None:
     assert stat.S_IMODE(os.stat(cdir).st_mode) == 0o700
 
 
+def test_two_processes_connecting_at_once_share_one_master_per_host(sshd, cdir) -> None:
+    """The per-socket lock: two processes started together never launch two masters on one
+    socket (the loser's `ssh -M` would find it taken and linger as a plain connection)."""
+    code = textwrap.dedent(
+        f"""
+        import json, sys, cvs_core
+        sys.stdin.readline()  # both start connecting together
+        cl = cvs_core.Cluster({sshd.hosts!r}, ssh_config={str(sshd.ssh_config)!r},
+                              persist="5m", control_dir={cdir!r})
+        ok = cl.exec("true").ok
+        print(json.dumps({{"ok": ok, "pids": sorted(cl.master_pids())}}))
+        cl.close()
+        """
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    assert all(o["ok"] for o in outs)
+    assert outs[0]["pids"] == outs[1]["pids"]
+    live = masters_in(cdir)
+    assert sorted(live) == outs[0]["pids"] and len(live) == len(sshd.hosts)
+    # No stray ssh of this test's hosts outside the masters (a lingering plain connection).
+    strays = subprocess.run(["pgrep", "-f", "--", f"-S {cdir}/"], capture_output=True, text=True)
+    assert sorted(int(x) for x in strays.stdout.split()) == outs[0]["pids"]
+
+
 def test_other_settings_never_reuse_the_masters(sshd, cdir, tmp_path: Path) -> None:
     a = connect_and_exit(sshd, cdir)
     known = tmp_path / "known_hosts_copy"
