@@ -97,13 +97,14 @@ const FDS_PER_COMMAND: u64 = 8;
 /// Descriptors the process needs besides the commands (runtime, Python, logs).
 const FDS_RESERVED: u64 = 64;
 
-fn rlimit(resource: libc::__rlimit_resource_t) -> Option<libc::rlimit> {
+/// A resource limit, read by `get` (a `getrlimit` call: the resource's type differs between
+/// glibc and musl, so the call is made where the constant is named).
+fn rlimit(get: impl FnOnce(&mut libc::rlimit) -> libc::c_int) -> Option<libc::rlimit> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit writes into the struct we pass.
-    (unsafe { libc::getrlimit(resource, &mut lim) } == 0).then_some(lim)
+    (get(&mut lim) == 0).then_some(lim)
 }
 
 /// What stops `parallel` concurrent commands within a soft RLIMIT_NOFILE of `soft` (hard
@@ -146,7 +147,9 @@ fn nproc_plan(hosts: u64, soft: u64, running: u64) -> std::result::Result<(), St
 /// the default parallelism is derived from the soft limit and never needs it.
 fn check_limits(hosts: usize, parallel: usize, explicit_parallel: bool) -> Result<()> {
     let parallel = parallel.min(hosts) as u64;
-    if explicit_parallel && let Some(lim) = rlimit(libc::RLIMIT_NOFILE) {
+    // SAFETY: getrlimit writes into the struct it is given.
+    let nofile = rlimit(|l| unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, l) });
+    if explicit_parallel && let Some(lim) = nofile {
         match fd_plan(parallel, lim.rlim_cur, lim.rlim_max).map_err(Error::InvalidArgument)? {
             None => {}
             Some(raised) => {
@@ -171,7 +174,8 @@ fn check_limits(hosts: usize, parallel: usize, explicit_parallel: bool) -> Resul
     let root = unsafe { libc::geteuid() } == 0;
     // The kernel does not apply RLIMIT_NPROC to root.
     if !root
-        && let Some(lim) = rlimit(libc::RLIMIT_NPROC)
+        // SAFETY: getrlimit writes into the struct it is given.
+        && let Some(lim) = rlimit(|l| unsafe { libc::getrlimit(libc::RLIMIT_NPROC, l) })
         && lim.rlim_cur != libc::RLIM_INFINITY
     {
         let running = own_process_count();
