@@ -382,6 +382,52 @@ def test_status_and_plan_change_nothing(docker_cluster, persistent) -> None:
     assert [inspect(dc, i, name)["Id"] for i in range(len(dc.hosts))] == before
 
 
+def test_one_set_of_persistent_connections_serves_every_command(
+    docker_cluster, tmp_path, config_name
+) -> None:
+    """With --persist, `up`, `exec`, `status` and `down` (four processes; `up` holds the
+    per-node lock over its connection) share one master per node; `disconnect` ends them."""
+    import shutil
+    import tempfile
+
+    dc = docker_cluster
+    cfg = make_config(dc, tmp_path, "per_run")
+    cdir = tempfile.mkdtemp(prefix="cve-", dir="/tmp")
+    persist = ["--persist", "5m", "--control-dir", cdir]
+
+    def masters() -> list[int]:
+        out = subprocess.run(["pgrep", "-f", "--", f"-M .*-S {cdir}/"], capture_output=True)
+        return sorted(int(p) for p in out.stdout.split())
+
+    try:
+        up = cli(dc, cfg, "up", "--pull", "never", *persist)
+        assert up.returncode == 0, up.stdout + up.stderr
+        first = masters()
+        assert len(first) == len(dc.hosts)
+        ex = cli(dc, cfg, "exec", "hostname", *persist)
+        assert ex.returncode == 0, ex.stderr
+        assert len(json.loads(ex.stdout)) == len(dc.hosts)
+        assert report(cli(dc, cfg, "status", *persist))["ok"]
+        down = cli(dc, cfg, "down", *persist)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert masters() == first, "a command made connections of its own"
+        gone = subprocess.run(
+            [sys.executable, "-m", "cvs_core", "disconnect", str(cfg), "--control-dir", cdir],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert gone.returncode == 0, gone.stderr
+        assert f"ended {len(dc.hosts)} persistent connections" in gone.stdout
+        deadline = time.monotonic() + 5
+        while masters() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert masters() == []
+    finally:
+        cvs_core.disconnect_all(control_dir=cdir)
+        shutil.rmtree(cdir, ignore_errors=True)
+
+
 def test_python_api_drives_the_same_lifecycle(docker_cluster, tmp_path, config_name) -> None:
     dc = docker_cluster
     cfg = cvs_core.load_config(str(make_config(dc, tmp_path, "per_run")))
