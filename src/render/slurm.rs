@@ -61,11 +61,19 @@ pub struct StepSpec<'a> {
 /// drains (new bytes only, `dd` with byte offsets) with a backoff from 5 ms to 200 ms: short
 /// commands return fast and long ones cost a few forks a second. Its stdin is the task's
 /// (srun's `--input=all` broadcasts the caller's stdin to every task). The directory goes when
-/// the wrapper exits, also on the TERM of a step cancel.
+/// the wrapper exits, also on the TERM of a step cancel; one left by a wrapper that was
+/// SIGKILLed (its `pid` file names a dead process) is removed by the next task on the node.
 pub const TASK_WRAPPER: &str = r#"t=$1 c=$2 kc=$3 il=${4:-0}
 d=${TMPDIR:-/tmp}/cvs-core-task-$t
+# A task SIGKILLed before its EXIT trap ran (Slurm follows a step's TERM with KILL after a
+# short grace) leaves its directory: each task removes this user's whose wrapper is gone.
+for o in "${TMPDIR:-/tmp}"/cvs-core-task-*/pid; do
+  [ -f "$o" ] && [ -O "${o%/pid}" ] || continue
+  read -r op <"$o" 2>/dev/null && [ -n "$op" ] && ! kill -0 "$op" 2>/dev/null && rm -rf "${o%/pid}"
+done
 mkdir -m 700 "$d" 2>/dev/null || { echo "@f cannot create the task directory in ${TMPDIR:-/tmp}~"; exit 0; }
 trap 'rm -rf "$d"' EXIT
+echo $$ >"$d/pid"
 trap 'exit 143' TERM HUP INT
 stop() { echo "@K $(bash -c "$kc" </dev/null 2>/dev/null | tail -n 1)~"; }
 # The trap only sets a flag: the kill runs from the loop. Run inside the trap, it would be cut
