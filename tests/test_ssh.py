@@ -375,6 +375,25 @@ def test_bounded_concurrency(sshd, tmp_path: Path) -> None:
         assert max(int(r.stdout) for r in cl.exec(cmd)) > 2
 
 
+def test_a_connect_given_up_on_leaves_no_process(sshd, tmp_path: Path) -> None:
+    """A host that sends a banner and then stalls: ssh's ConnectTimeout no longer applies, so
+    cvs-core's own guard (3 x connect_timeout + 5 s) gives up; the launcher and the
+    ProxyCommand it started are gone afterwards, and no master is left on the socket."""
+    marker = f"sleep 1000.{os.getpid() % 1000}9"
+    cfg = tmp_path / "stall_config"
+    cfg.write_text(
+        sshd.ssh_config.read_text()
+        + f"\nHost stalling-host\n  ProxyCommand sh -c 'echo SSH-2.0-stall; exec {marker}'\n"
+    )
+    with cvs_core.Cluster(["stalling-host"], ssh_config=cfg, connect_timeout=1) as cl:
+        r = cl.exec("true")[0]
+        assert r.status == "unreachable"
+        assert "did not finish connecting within 8s" in r.error
+        assert cl.master_pids() == []
+    assert remote_procs(marker) == [], "the ProxyCommand outlived the launch"
+    assert remote_procs("stalling-host") == [], "an ssh of the launch outlived it"
+
+
 def test_bounded_concurrent_connects_with_progress(sshd) -> None:
     """max_connect bounds the hosts in their handshake at once (a connect storm on a
     thousand hosts), and progress shows each host connecting, then connected."""

@@ -149,9 +149,12 @@ pub async fn launch(
     let argv = master_argv(opts, host, ctl, &log);
     let mut cmd = Command::new(&opts.ssh_program);
     // A launcher given up on (the guard below) must not go on to leave an untracked master on
-    // the socket path a retry uses.
+    // the socket path a retry uses, nor its ProxyCommand (a `-J` hop's `ssh -W`, say): it runs
+    // in a process group of its own, killed as a whole. A master that got as far as forking has
+    // left that group (ssh -f daemonizes), so a live master's proxy is never in it.
     cmd.args(&argv)
         .kill_on_drop(true)
+        .process_group(0)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
@@ -179,15 +182,22 @@ pub async fn launch(
     // against an ssh that hangs in a way it does not time (a stuck ProxyCommand, say).
     let guard = opts.connect_timeout * 3 + Duration::from_secs(5);
     let deadline = tokio::time::Instant::now() + guard;
-    let status = match tokio::time::timeout_at(deadline, cmd.status()).await {
+    let cannot_run = |e: std::io::Error| ConnectFailure {
+        status: Status::Error,
+        message: format!("cannot run {}: {e}", opts.ssh_program.display()),
+    };
+    let mut launcher = cmd.spawn().map_err(cannot_run)?;
+    let group = launcher.id();
+    let status = match tokio::time::timeout_at(deadline, launcher.wait()).await {
         Ok(Ok(status)) => status,
-        Ok(Err(e)) => {
-            return Err(ConnectFailure {
-                status: Status::Error,
-                message: format!("cannot run {}: {e}", opts.ssh_program.display()),
-            });
-        }
+        Ok(Err(e)) => return Err(cannot_run(e)),
         Err(_) => {
+            if let Some(group) = group.and_then(|g| i32::try_from(g).ok()) {
+                // SAFETY: killpg(2) on the process group this launch created for its launcher.
+                unsafe {
+                    libc::killpg(group, libc::SIGKILL);
+                }
+            }
             // The launcher may have forked its master just before it was killed.
             end_master_on(ctl).await;
             return Err(ConnectFailure {
