@@ -305,22 +305,15 @@ def test_bad_control_directories_are_refused(sshd, tmp_path: Path) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_persist_values_are_checked() -> None:
+def test_persist_values_are_checked(monkeypatch) -> None:
     for bad, words in [("1", "needs a unit"), ("10min", "is not"), (-5, "seconds"), ([1], "got")]:
         with pytest.raises(cvs_core.CvsError, match=words):
             cvs_core.Cluster(["h"], persist=bad)
     assert cvs_core._native.parse_persist_duration("2h") == 7200
     assert cvs_core._native.parse_persist_duration("off") is None
-    old = os.environ.get("CVS_CORE_PERSIST")
-    os.environ["CVS_CORE_PERSIST"] = "soon"
-    try:
-        with pytest.raises(cvs_core.CvsError, match="CVS_CORE_PERSIST"):
-            cvs_core.Cluster(["h"])
-    finally:
-        if old is None:
-            del os.environ["CVS_CORE_PERSIST"]
-        else:
-            os.environ["CVS_CORE_PERSIST"] = old
+    monkeypatch.setenv("CVS_CORE_PERSIST", "soon")
+    with pytest.raises(cvs_core.CvsError, match="CVS_CORE_PERSIST"):
+        cvs_core.Cluster(["h"])
 
 
 def test_cluster_file_persist(sshd, cdir, write_json) -> None:

@@ -260,14 +260,7 @@ fn sweep_stale_control_dirs(base: &std::path::Path) {
 /// `dir`: processes of this user whose command line names a socket in it. They would otherwise
 /// hold their connections until their idle timeout.
 fn stop_masters_of(dir: &std::path::Path) {
-    for (pid, _) in master::masters_under(&dir.join("h")) {
-        if let Ok(pid) = i32::try_from(pid) {
-            // SAFETY: kill(2) on a PID whose command line names our own control socket.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
-    }
+    master::term_masters_under(&dir.join("h"), |_, _| true);
 }
 
 fn make_control_dir() -> Result<PathBuf> {

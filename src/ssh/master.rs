@@ -229,12 +229,8 @@ pub async fn launch(
             });
         }
     };
-    let session = Session::resume_mux(
-        ctl.to_path_buf().into_boxed_path(),
-        Some(log.into_boxed_path()),
-    );
     Ok(Master {
-        session: Arc::new(session),
+        session: Arc::new(mux_session(ctl)),
         ctl: ctl.to_path_buf(),
         pid,
         connect_time: started.elapsed(),
@@ -245,12 +241,8 @@ pub async fn launch(
 
 /// Use the live master on `ctl` (started by this or an earlier process) without connecting.
 pub fn attach(ctl: &Path, pid: u32, started: Instant) -> Master {
-    let session = Session::resume_mux(
-        ctl.to_path_buf().into_boxed_path(),
-        Some(ctl.with_extension("log").into_boxed_path()),
-    );
     Master {
-        session: Arc::new(session),
+        session: Arc::new(mux_session(ctl)),
         ctl: ctl.to_path_buf(),
         pid: Some(pid),
         connect_time: started.elapsed(),
@@ -292,19 +284,42 @@ pub fn masters_under(prefix: &Path) -> Vec<(u32, String)> {
     found
 }
 
-/// End whatever master of ours runs on `ctl` (found by its command line naming the socket),
-/// and remove the socket: used when a launch was given up on.
-async fn end_master_on(ctl: &Path) {
-    let ctl_bytes = ctl.as_os_str().as_encoded_bytes().to_vec();
-    for (pid, _) in masters_under(ctl) {
-        // masters_under matches by prefix; only the exact socket is this launch's.
-        let exact = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|cmd| cmd.split(|b| *b == 0).any(|a| a == ctl_bytes.as_slice()));
-        if exact {
-            terminate_pid(pid, ctl, Duration::from_millis(200)).await;
+/// SIGTERM the processes [`masters_under`] finds for `prefix` that `keep(pid, host)` accepts;
+/// returns them. Used where the exact socket is unknown (a killed process's masters).
+pub fn term_masters_under(prefix: &Path, keep: impl Fn(u32, &str) -> bool) -> Vec<(u32, String)> {
+    let mut signalled = Vec::new();
+    for (pid, host) in masters_under(prefix) {
+        if !keep(pid, &host) {
+            continue;
+        }
+        if let Ok(raw) = i32::try_from(pid) {
+            // SAFETY: kill(2) on a process of this user whose command line names a socket
+            // under our own control directory.
+            unsafe {
+                libc::kill(raw, libc::SIGTERM);
+            }
+            signalled.push((pid, host));
         }
     }
+    signalled
+}
+
+/// End whatever master of ours runs on `ctl` and remove the socket: used when a launch was
+/// given up on. `terminate_pid` signals only a process naming exactly `ctl` (`masters_under`
+/// matches by prefix).
+async fn end_master_on(ctl: &Path) {
+    for (pid, _) in masters_under(ctl) {
+        terminate_pid(pid, ctl, Duration::from_millis(200)).await;
+    }
     let _ = std::fs::remove_file(ctl);
+}
+
+/// The native mux session of the master on `ctl` (its log beside it).
+fn mux_session(ctl: &Path) -> Session {
+    Session::resume_mux(
+        ctl.to_path_buf().into_boxed_path(),
+        Some(ctl.with_extension("log").into_boxed_path()),
+    )
 }
 
 /// The master's PID through the mux protocol's alive check (also proves the socket answers).

@@ -75,11 +75,16 @@ pub fn prepare_dir(dir: &Path) -> Result<PathBuf> {
             )));
         }
     }
+    check_dir(dir)?;
+    Ok(dir.to_path_buf())
+}
+
+/// [`check_dir_meta`] on what `lstat(dir)` says (a symlink is never followed).
+fn check_dir(dir: &Path) -> Result<()> {
     let meta = dir
         .symlink_metadata()
         .map_err(|e| Error::InvalidArgument(format!("control directory {}: {e}", dir.display())))?;
-    check_dir_meta(dir, meta.is_dir(), meta.uid(), meta.mode(), euid())?;
-    Ok(dir.to_path_buf())
+    check_dir_meta(dir, meta.is_dir(), meta.uid(), meta.mode(), euid())
 }
 
 /// The checks of [`prepare_dir`] on what `lstat` said (separate so every refusal is tested).
@@ -323,10 +328,7 @@ pub async fn disconnect(dir: &Path, hosts: Option<&[String]>) -> Result<Vec<Ende
             )));
         }
     };
-    let meta = dir
-        .symlink_metadata()
-        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", dir.display())))?;
-    check_dir_meta(dir, meta.is_dir(), meta.uid(), meta.mode(), euid())?;
+    check_dir(dir)?;
     // Ended concurrently: a thousand masters one after another would take minutes.
     let mut stopping = tokio::task::JoinSet::new();
     for entry in entries.flatten() {
@@ -371,20 +373,11 @@ pub async fn disconnect(dir: &Path, hosts: Option<&[String]>) -> Result<Vec<Ende
     }
     // Masters whose socket is gone (removed by hand, or a crash between launch and sidecar)
     // are found by their command line: `-S <dir>/p-...` and the host as the last argument.
-    let prefix = dir.join("p-");
-    for (pid, host) in master::masters_under(&prefix) {
-        if !wanted(&host) || ended.iter().any(|e| e.pid == pid) {
-            continue;
-        }
-        if let Ok(raw) = i32::try_from(pid) {
-            // SAFETY: kill(2) on a process of this user whose command line names a socket in
-            // our own control directory.
-            unsafe {
-                libc::kill(raw, libc::SIGTERM);
-            }
-            ended.push(Ended { host, pid });
-        }
-    }
+    let stopped: Vec<u32> = ended.iter().map(|e| e.pid).collect();
+    let orphans = master::term_masters_under(&dir.join("p-"), |pid, host| {
+        wanted(host) && !stopped.contains(&pid)
+    });
+    ended.extend(orphans.into_iter().map(|(pid, host)| Ended { host, pid }));
     ended.sort_by(|a, b| a.host.cmp(&b.host).then(a.pid.cmp(&b.pid)));
     Ok(ended)
 }
