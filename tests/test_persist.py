@@ -465,3 +465,46 @@ def test_limits_are_checked_before_any_host_is_touched() -> None:
     )
     assert r["raised"] >= 300 * 8
     assert "RLIMIT_NOFILE" in r["err"] and "max_parallel=300" in r["err"], r["err"]
+
+
+def test_a_client_killed_mid_connect_leaves_nothing_once_the_next_one_comes(
+    sshd, cdir, tmp_path: Path
+) -> None:
+    """kill -9 of a process while its `ssh -M` is still connecting (a host that sends a banner
+    and stalls): its launcher and ProxyCommand survive it, and the next process with the same
+    settings ends them before it tries the host itself."""
+    marker = f"sleep 1000.{os.getpid() % 1000}8"
+    cfg = tmp_path / "stall_config"
+    cfg.write_text(
+        sshd.ssh_config.read_text()
+        + f"\nHost stalling-host\n  ProxyCommand sh -c 'echo SSH-2.0-stall; exec {marker}'\n"
+    )
+
+    def running() -> int:
+        out = subprocess.run(["pgrep", "-fc", f"^{marker}$"], capture_output=True, text=True)
+        return int(out.stdout.strip() or 0)
+
+    code = textwrap.dedent(
+        f"""
+        import cvs_core, sys
+        cl = cvs_core.Cluster(["stalling-host"], ssh_config={str(cfg)!r}, persist="5m",
+                              control_dir={cdir!r}, connect_timeout=float(sys.argv[1]))
+        print(cl.exec("true")[0].status, flush=True)
+        """
+    )
+    a = subprocess.Popen([sys.executable, "-c", code, "30"], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while running() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert running() == 1, "A's launch never reached the host"
+    a.kill()
+    a.wait(10)
+    time.sleep(0.5)
+    assert running() == 1, "the stalled launch was expected to outlive A (SIGKILL)"
+    b = subprocess.run(
+        [sys.executable, "-c", code, "1"], capture_output=True, text=True, timeout=60
+    )
+    assert b.returncode == 0, b.stderr
+    assert b.stdout.strip() == "unreachable"
+    assert running() == 0, "A's (or B's) launcher and ProxyCommand are still there"
+    assert [n for n in os.listdir(cdir) if n.endswith(".launcher")] == []

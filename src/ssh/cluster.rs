@@ -508,7 +508,7 @@ impl Cluster {
                     ctl.display()
                 )));
             }
-            persist::Found::Nothing => {}
+            persist::Found::Nothing => master::end_stale_launcher(&ctl),
         }
         let mut m = self.launch(host, &ctl, events, permit).await?;
         m.persistent = true;

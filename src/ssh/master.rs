@@ -188,7 +188,15 @@ pub async fn launch(
     };
     let mut launcher = cmd.spawn().map_err(cannot_run)?;
     let group = launcher.id();
-    let status = match tokio::time::timeout_at(deadline, launcher.wait()).await {
+    // Recorded while it runs: if this process is SIGKILLed mid-connect, nothing here kills the
+    // launcher, and the next process to take this socket ends it (`end_stale_launcher`).
+    let record = ctl.with_extension("launcher");
+    if let Some(pid) = group {
+        let _ = std::fs::write(&record, pid.to_string());
+    }
+    let waited = tokio::time::timeout_at(deadline, launcher.wait()).await;
+    let _ = std::fs::remove_file(&record);
+    let status = match waited {
         Ok(Ok(status)) => status,
         Ok(Err(e)) => return Err(cannot_run(e)),
         Err(_) => {
@@ -312,6 +320,27 @@ async fn end_master_on(ctl: &Path) {
         terminate_pid(pid, ctl, Duration::from_millis(200)).await;
     }
     let _ = std::fs::remove_file(ctl);
+}
+
+/// End the launcher (and its process group: the ProxyCommand) that a process killed mid-connect
+/// left on `ctl`, as recorded by `launch`; only if its command line names `ctl`. Called by
+/// whoever holds the socket's lock and found no usable master on it.
+pub fn end_stale_launcher(ctl: &Path) {
+    let record = ctl.with_extension("launcher");
+    let pid = std::fs::read_to_string(&record)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok());
+    if let Some(pid) = pid
+        && ours(pid, ctl)
+        && let Ok(group) = i32::try_from(pid)
+    {
+        // SAFETY: killpg(2) on the group `launch` created for this launcher (its leader is the
+        // launcher, whose command line names our socket).
+        unsafe {
+            libc::killpg(group, libc::SIGKILL);
+        }
+    }
+    let _ = std::fs::remove_file(record);
 }
 
 /// The native mux session of the master on `ctl` (its log beside it).
